@@ -1,0 +1,142 @@
+"""Input validation with messages that name the call, the expected and the received."""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from optree import PyTreeSpec
+
+from . import _tree
+
+__all__ = [
+    "check_no_captured_tensors",
+    "check_same_layout",
+    "floating_leaves",
+    "is_transformed",
+]
+
+
+def is_transformed(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is wrapped by a ``torch.func`` transform (vmap, grad, jvp)."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))
+
+
+def floating_leaves(tree: Any, call: str, name: str) -> tuple[list[torch.Tensor], PyTreeSpec]:
+    """Leaves of ``tree``, checked to be real floating tensors of one dtype and device."""
+    leaves, spec = _tree.flatten(tree)
+    if not leaves:
+        raise ValueError(f"{call}: expected {name} to hold at least one tensor; received {tree!r}.")
+    for index, leaf in enumerate(leaves):
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(
+                f"{call}: expected every leaf of {name} to be a torch.Tensor; leaf {index} is "
+                f"{type(leaf).__name__} ({leaf!r}). Convert it with torch.as_tensor."
+            )
+        if not leaf.dtype.is_floating_point:
+            raise TypeError(
+                f"{call}: expected {name} to hold real floating-point tensors; leaf {index} has "
+                f"dtype {leaf.dtype}. Cast it, e.g. with .to(torch.float32)"
+                + (" (complex tensors are not supported)." if leaf.dtype.is_complex else ".")
+            )
+    first = leaves[0]
+    for index, leaf in enumerate(leaves[1:], start=1):
+        if leaf.dtype != first.dtype or leaf.device != first.device:
+            raise TypeError(
+                f"{call}: expected all leaves of {name} to share one dtype and device; leaf 0 is "
+                f"{first.dtype} on {first.device}, leaf {index} is {leaf.dtype} on {leaf.device}. "
+                "Move them with .to(dtype=..., device=...)."
+            )
+    return leaves, spec
+
+
+def check_same_layout(received: Any, expected: Any, call: str, what: str) -> None:
+    """Raise unless ``received`` has the structure, shapes, dtype and device of ``expected``."""
+    got_leaves, got_spec = _tree.flatten(received)
+    want_leaves, want_spec = _tree.flatten(expected)
+    if got_spec != want_spec:
+        raise ValueError(
+            f"{call}: {what} must have the tree structure of its reference.\n"
+            f"  expected: {want_spec}\n  received: {got_spec}"
+        )
+    for index, (got, want) in enumerate(zip(got_leaves, want_leaves, strict=True)):
+        if not isinstance(got, torch.Tensor):
+            raise TypeError(
+                f"{call}: {what} must hold tensors; leaf {index} is {type(got).__name__}."
+            )
+        if got.shape != want.shape:
+            raise ValueError(
+                f"{call}: {what} leaf {index} has shape {tuple(got.shape)}; expected "
+                f"{tuple(want.shape)}."
+            )
+        if got.dtype != want.dtype or got.device != want.device:
+            raise TypeError(
+                f"{call}: {what} leaf {index} is {got.dtype} on {got.device}; expected "
+                f"{want.dtype} on {want.device}."
+            )
+
+
+def _captured_objects(fn: Any, depth: int) -> list[tuple[str, Any]]:
+    """Objects a callable carries with it: closure cells, defaults, partial arguments."""
+    found: list[tuple[str, Any]] = []
+    if depth > 3:
+        return found
+    if isinstance(fn, functools.partial):
+        found += [(f"partial argument {i}", a) for i, a in enumerate(fn.args)]
+        found += [(f"partial keyword {k!r}", v) for k, v in fn.keywords.items()]
+        found += _captured_objects(fn.func, depth + 1)
+        return found
+    if isinstance(fn, types.MethodType):
+        found.append(("bound object", fn.__self__))
+        return found + _captured_objects(fn.__func__, depth + 1)
+    code = getattr(fn, "__code__", None)
+    closure = getattr(fn, "__closure__", None)
+    if code is not None and closure:
+        for name, cell in zip(code.co_freevars, closure, strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell (variable not yet assigned)
+                continue
+            found.append((f"closure variable {name!r}", value))
+            if callable(value) and not isinstance(value, torch.nn.Module | type):
+                found += _captured_objects(value, depth + 1)
+    for i, default in enumerate(getattr(fn, "__defaults__", None) or ()):
+        found.append((f"default argument {i}", default))
+    return found
+
+
+def _tracked_tensor(value: Any) -> bool:
+    if isinstance(value, torch.nn.Module):
+        return any(p.requires_grad or is_transformed(p) for p in value.parameters())
+    try:
+        leaves, _ = _tree.flatten(value)
+    except Exception:  # an object optree cannot walk holds nothing we can check
+        return False
+    return any(
+        isinstance(leaf, torch.Tensor) and (leaf.requires_grad or is_transformed(leaf))
+        for leaf in leaves
+    )
+
+
+def check_no_captured_tensors(fn: Callable[..., Any], call: str, name: str) -> None:
+    """Refuse a callback that closes over a tensor (or module) that may be differentiated.
+
+    Derivatives flow only through the explicit arguments: a tensor captured by a closure is
+    invisible to the implicit rule, so its gradient would be silently zero or wrong.
+    """
+    for where, value in _captured_objects(fn, 0):
+        if _tracked_tensor(value):
+            kind = (
+                "an nn.Module with trainable parameters"
+                if isinstance(value, torch.nn.Module)
+                else "a tensor that requires grad or is traced by a torch.func transform"
+            )
+            raise ValueError(
+                f"{call}: {name} captures {kind} ({where}). Derivatives only flow through "
+                f"explicit arguments, so this one would be silently wrong. Pass it as an "
+                f"argument instead (for modules, pass their parameters and use "
+                f"torch.func.functional_call), or .detach() it if it is constant."
+            )

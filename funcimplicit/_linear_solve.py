@@ -1,0 +1,297 @@
+"""``linear_solve``: ``x = A(args)^{-1} b`` with derivatives by the implicit rule.
+
+Differentiating ``A(a) x = b`` gives ``A dx = db - (dA) x``. Reverse mode, for a cotangent
+``g`` of ``x``: solve ``A^T w = g``; then ``grad_b = w`` and ``grad_a = -d<w, A(a) x>/da``.
+Forward mode: solve ``A dx = db - (dA) x``. Both solves go through this same rule, so every
+derivative is itself differentiable (second order is exact) and the solver's iterations are
+never differentiated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from optree import PyTreeSpec
+
+from . import _func, _tree
+from ._checks import check_no_captured_tensors, check_same_layout, floating_leaves
+from ._convergence import report
+from ._gmres import GMRES
+from ._krylov import CG, NormalCG
+from ._solver_base import LinearSolverBase
+from ._tree import TensorTree, TreeT
+
+__all__ = ["linear_solve", "solve_tree"]
+
+
+@dataclass(frozen=True, eq=False)
+class _Problem:
+    """Everything non-tensor about one solve; travels through ``Function.apply`` as is."""
+
+    matvec: Callable[..., Any]
+    solver: LinearSolverBase
+    transposed: bool
+    rhs_spec: PyTreeSpec
+    args_spec: PyTreeSpec
+    # Each argument leaf is either an index into the tensor inputs or a constant.
+    args_slots: tuple[tuple[bool, Any], ...]
+    rhs_index: tuple[int, ...]
+    init_index: tuple[int, ...] | None
+    label: str
+
+    def unpack(self, tensors: Sequence[torch.Tensor]) -> tuple[Any, Any, tuple[Any, ...]]:
+        rhs = _tree.unflatten(self.rhs_spec, [tensors[i] for i in self.rhs_index])
+        init = None
+        if self.init_index is not None:
+            init = _tree.unflatten(self.rhs_spec, [tensors[i] for i in self.init_index])
+        return rhs, init, self.args(tensors)
+
+    def args(self, tensors: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+        leaves = [tensors[v] if is_tensor else v for is_tensor, v in self.args_slots]
+        return tuple(_tree.unflatten(self.args_spec, leaves))
+
+    def apply_a(self, v: Any, args: tuple[Any, ...]) -> Any:
+        """``A(args) v`` (or ``A(args)^T v`` when transposed), without the ridge."""
+        if not self.transposed:
+            return self.matvec(v, *args)
+        return _transpose_apply(self.matvec, v, args)
+
+
+def _transpose_apply(matvec: Callable[..., Any], v: Any, args: tuple[Any, ...]) -> Any:
+    # A^T v is the VJP of the linear map z -> A z (at any point, here 0) with cotangent v.
+    _, pullback = _func.vjp(lambda z: matvec(z, *args), _tree.zeros_like(v))
+    return pullback(v)[0]
+
+
+class _LinearSolveFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(problem: _Problem, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rhs, init, args = problem.unpack(tensors)
+        if problem.transposed:
+            _, pullback = _func.vjp(lambda z: problem.matvec(z, *args), _tree.zeros_like(rhs))
+
+            def operator(v: Any) -> Any:
+                return pullback(v)[0]
+        else:
+
+            def operator(v: Any) -> Any:
+                return problem.matvec(v, *args)
+
+        result = problem.solver.run(operator, rhs, init)
+        report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
+        leaves, _ = _tree.flatten(result.solution)
+        ids = {id(t) for t in tensors}
+        # An output may not be one of the inputs (autograd.Function rule): copy it then.
+        return tuple(leaf.clone() if id(leaf) in ids else leaf for leaf in leaves)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        problem, *tensors = inputs
+        ctx.problem = problem
+        ctx.count = len(tensors)
+        ctx.save_for_backward(*tensors, *output)
+        ctx.save_for_forward(*tensors, *output)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        problem: _Problem = ctx.problem
+        saved = ctx.saved_tensors
+        tensors, x_leaves = saved[: ctx.count], saved[ctx.count :]
+        needs = ctx.needs_input_grad[1:]
+        out: list[torch.Tensor | None] = [None] * ctx.count
+        if not any(needs):
+            return (None, *out)
+        g_leaves = [
+            torch.zeros_like(x) if g is None else g for g, x in zip(grads, x_leaves, strict=True)
+        ]
+        g = _tree.unflatten(problem.rhs_spec, g_leaves)
+        x = _tree.unflatten(problem.rhs_spec, list(x_leaves))
+        args = problem.args(tensors)
+        # (A^T + ridge I) w = g   (the transposed solve goes through this same rule)
+        w = solve_tree(
+            replace(problem, transposed=not problem.transposed, init_index=None), g, args
+        )
+        for i, leaf in zip(problem.rhs_index, _tree.flatten(w)[0], strict=True):
+            out[i] = leaf if out[i] is None else out[i] + leaf
+        wanted = [i for i in _arg_tensor_indices(problem) if needs[i]]
+        if wanted:
+            # grad_a = -d<w, A(a) x>/da, and for the transposed system -d<A(a) w, x>/da.
+            point, cotangent = (w, x) if problem.transposed else (x, w)
+
+            def applied(*chosen: torch.Tensor) -> Any:
+                local = list(tensors)
+                for i, t in zip(wanted, chosen, strict=True):
+                    local[i] = t
+                return problem.matvec(point, *problem.args(local))
+
+            _, pullback = _func.vjp(applied, *[tensors[i] for i in wanted])
+            for i, grad in zip(wanted, pullback(cotangent), strict=True):
+                out[i] = -grad if out[i] is None else out[i] - grad
+        return (None, *out)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        problem: _Problem = ctx.problem
+        saved = ctx.saved_tensors
+        tensors, x_leaves = saved[: ctx.count], saved[ctx.count :]
+        dt = tangents[1:]
+        x = _tree.unflatten(problem.rhs_spec, list(x_leaves))
+        rhs_t = [
+            dt[i] if dt[i] is not None else torch.zeros_like(x_leaves[k])
+            for k, i in enumerate(problem.rhs_index)
+        ]
+        rhs = _tree.unflatten(problem.rhs_spec, rhs_t)
+        moving = [i for i in _arg_tensor_indices(problem) if dt[i] is not None]
+        if moving:
+            # (A + ridge I) dx = db - (dA) x, with (dA) x the JVP of a -> A(a) x.
+            def applied(*chosen: torch.Tensor) -> Any:
+                local = list(tensors)
+                for i, t in zip(moving, chosen, strict=True):
+                    local[i] = t
+                return problem.apply_a(x, problem.args(local))
+
+            _, da_x = _func.jvp(
+                applied, tuple(tensors[i] for i in moving), tuple(dt[i] for i in moving)
+            )
+            rhs = _tree.sub(rhs, da_x)
+        dx = solve_tree(replace(problem, init_index=None), rhs, problem.args(tensors))
+        return tuple(_tree.flatten(dx)[0])
+
+
+def _arg_tensor_indices(problem: _Problem) -> list[int]:
+    seen: list[int] = []
+    for is_tensor, v in problem.args_slots:
+        if is_tensor and v not in seen:
+            seen.append(v)
+    return seen
+
+
+def solve_tree(problem: _Problem, rhs: Any, args: tuple[Any, ...], init: Any = None) -> Any:
+    """Solve ``problem`` for ``rhs`` through the differentiable rule; return the solution tree."""
+    unique: list[torch.Tensor] = []
+    positions: dict[int, int] = {}
+
+    def slot(t: torch.Tensor) -> int:
+        # One input per distinct tensor: passing a tensor twice through apply is unsafe.
+        key = id(t)
+        if key not in positions:
+            positions[key] = len(unique)
+            unique.append(t)
+        return positions[key]
+
+    rhs_leaves, rhs_spec = _tree.flatten(rhs)
+    rhs_index = tuple(slot(t) for t in rhs_leaves)
+    init_index = None if init is None else tuple(slot(t) for t in _tree.flatten(init)[0])
+    arg_leaves, args_spec = _tree.flatten(tuple(args))
+    slots = tuple(
+        (True, slot(v)) if isinstance(v, torch.Tensor) else (False, v) for v in arg_leaves
+    )
+    problem = replace(
+        problem,
+        rhs_spec=rhs_spec,
+        args_spec=args_spec,
+        args_slots=slots,
+        rhs_index=rhs_index,
+        init_index=init_index,
+    )
+    out = _LinearSolveFunction.apply(problem, *unique)  # type: ignore[no-untyped-call]
+    return _tree.unflatten(rhs_spec, list(out))
+
+
+def _normal_matvec(matvec: Callable[..., Any]) -> Callable[..., Any]:
+    # v -> A^T A v, with A^T from the VJP of the linear map (at 0, taken inside: no captures).
+    def normal(v: Any, *args: Any) -> Any:
+        _, pullback = _func.vjp(lambda z: matvec(z, *args), _tree.zeros_like(v))
+        return pullback(matvec(v, *args))[0]
+
+    return normal
+
+
+def linear_solve(
+    matvec: Callable[..., TreeT],
+    b: TreeT,
+    *args: Any,
+    solve: LinearSolverBase | None = None,
+    init: TreeT | None = None,
+) -> TreeT:
+    """Solve ``(A(args) + ridge I) x = b`` and differentiate ``x`` in ``b`` and ``args``.
+
+    Derivatives use the implicit rule (a transposed solve in reverse mode, a solve with
+    ``A`` in forward mode), never the solver's iterations, and compose with every
+    ``torch.func`` transform (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap) and with
+    classic autograd. Tensors ``matvec`` needs must be passed in ``args``: a ``matvec``
+    that closes over a tensor requiring grad is refused, since its derivative would be lost.
+
+    Args:
+        matvec: ``matvec(v, *args) -> A v``, linear in ``v``; ``v`` and the output are
+            pytrees shaped like ``b`` (for ``NormalCG``, ``v`` is shaped like ``init``).
+        b: the right-hand side, a pytree of real floating tensors (0-d allowed).
+        *args: pytrees passed to ``matvec``; tensor leaves are differentiable, other leaves
+            pass through untouched.
+        solve: the linear solver; defaults to ``GMRES()`` (any square ``A``). Use ``CG``
+            or ``Cholesky`` for symmetric positive definite ``A``.
+        init: an initial guess (warm start), not differentiated.
+
+    Returns:
+        ``x`` with the structure of ``b`` (of ``init`` for ``NormalCG``).
+
+    Example:
+        >>> import torch, funcimplicit as fi
+        >>> def matvec(v, diag):
+        ...     return diag * v
+        >>> diag = torch.tensor([2.0, 4.0], dtype=torch.float64, requires_grad=True)
+        >>> b = torch.tensor([2.0, 2.0], dtype=torch.float64)
+        >>> x = fi.linear_solve(matvec, b, diag, solve=fi.CG())
+        >>> x.sum().backward()
+        >>> diag.grad  # d/d(diag) of b / diag = -b / diag**2
+        tensor([-0.5000, -0.1250], dtype=torch.float64)
+    """
+    call = "linear_solve(matvec, b, *args)"
+    solver = GMRES() if solve is None else solve
+    if not isinstance(solver, LinearSolverBase):
+        raise TypeError(
+            f"{call}: solve must be a linear solver such as fi.CG() or fi.GMRES(); "
+            f"received {type(solver).__name__}."
+        )
+    if not callable(matvec):
+        raise TypeError(f"{call}: matvec must be callable; received {type(matvec).__name__}.")
+    check_no_captured_tensors(matvec, call, "matvec")
+    floating_leaves(b, call, "b")
+    if isinstance(solver, NormalCG):
+        like = b if init is None else init
+        floating_leaves(like, call, "init")
+        # Least squares via the normal equations: x = (A^T A + ridge I)^{-1} A^T b. A^T b
+        # is an ordinary differentiable VJP; the normal system goes through the rule.
+        _, pullback = _func.vjp(lambda z: matvec(z, *args), _tree.zeros_like(like))
+        rhs = pullback(b)[0]
+        cg = CG(
+            rtol=solver.rtol,
+            atol=solver.atol,
+            ridge=solver.ridge,
+            maxiter=solver.maxiter,
+            preconditioner=solver.preconditioner,
+            on_failure=solver.on_failure,
+        )
+        return _solve_checked(_normal_matvec(matvec), rhs, args, cg, init, call)  # type: ignore[no-any-return]
+    if init is not None:
+        check_same_layout(init, b, call, "init")
+    return _solve_checked(matvec, b, args, solver, init, call)  # type: ignore[no-any-return]
+
+
+def _solve_checked(
+    matvec: Callable[..., Any],
+    b: TensorTree,
+    args: tuple[Any, ...],
+    solver: LinearSolverBase,
+    init: TensorTree | None,
+    label: str,
+) -> Any:
+    empty = _tree.structure(())
+    problem = _Problem(matvec, solver, False, empty, empty, (), (), None, label)
+    init_detached = None if init is None else _tree.map_leaves(torch.Tensor.detach, init)
+    return solve_tree(problem, b, args, init_detached)

@@ -1,0 +1,76 @@
+"""Machinery for loops that run under ``vmap``, ``torch.func`` transforms and compile.
+
+Every loop keeps its per-element state as tensors and freezes an element once it is done
+(``torch.where`` with its flag), so extra iterations never change a finished element. The
+only host read is :func:`all_true`, which decides when the whole batch may stop: it looks
+at the physical tensor beneath any ``torch.func`` wrappers (a private functorch API, guarded)
+and answers ``False`` whenever it cannot look, which falls back to the full trip count.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["all_true", "physical", "progress", "safe_div"]
+
+
+def physical(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The plain tensor beneath all ``torch.func`` wrappers, or ``None`` when unreachable.
+
+    Under ``vmap`` it holds every batch element, so reductions over it see the whole batch.
+    Under ``torch.compile`` nothing may be read on the host, so the answer is ``None``.
+    """
+    if torch.compiler.is_compiling():
+        return None
+    try:
+        functorch = torch._C._functorch
+        while functorch.is_functorch_wrapped_tensor(tensor):
+            tensor = functorch.get_unwrapped(tensor)
+        if tensor.device.type == "meta" or isinstance(tensor, torch.Tensor) is False:
+            return None
+        return tensor
+    except Exception:  # private API changed: treat as unknown, loops run their full count
+        return None
+
+
+def all_true(flag: torch.Tensor) -> bool:
+    """Whether every element of ``flag`` is true in every batch element (``False`` if unknown)."""
+    plain = physical(flag)
+    if plain is None:
+        return False
+    try:
+        return bool(plain.all())
+    except Exception:  # e.g. a fake or symbolic tensor: unknown
+        return False
+
+
+def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` with 0 where ``den == 0`` (no NaN, also in the unused branch's gradient)."""
+    nonzero = den != 0
+    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), 0.0)
+
+
+#: Answers of :func:`progress`.
+ALL_DONE = "all"
+NONE_DONE = "none"
+SOME_DONE = "some"
+UNKNOWN = "unknown"
+
+
+def progress(done: torch.Tensor) -> str:
+    """How many batch elements are done: ``"all"``, ``"none"``, ``"some"`` or ``"unknown"``.
+
+    One host read per call. ``"none"`` lets a loop skip its freezing ``where`` (it would be an
+    identity); ``"unknown"`` (under compile, or where the private API is unavailable) means the
+    loop must freeze and run its full trip count.
+    """
+    plain = physical(done)
+    if plain is None:
+        return UNKNOWN
+    try:
+        count = int(plain.sum())
+    except Exception:  # a fake or symbolic tensor
+        return UNKNOWN
+    if count == plain.numel():
+        return ALL_DONE
+    return NONE_DONE if count == 0 else SOME_DONE

@@ -1,0 +1,192 @@
+"""The common shape of every linear solver: fields, validation, checks and reporting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from . import _tree
+from ._checks import check_same_layout, floating_leaves
+from ._convergence import ON_FAILURE_CHOICES, LinearSolveResult, OnFailure, report
+from ._tree import TensorTree, TreeT
+
+__all__ = ["IterativeSolver", "LinearSolverBase", "Operator", "default_maxiter", "default_rtol"]
+
+#: ``v -> A v`` on pytrees (ridge already folded in).
+Operator = Callable[[Any], Any]
+
+_DEFAULT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def default_rtol(dtype: torch.dtype) -> float:
+    """Iterative solvers' default relative tolerance: 1e-10 (float64), 1e-5 (float32), 1e-2 else."""
+    return _DEFAULT_RTOL.get(dtype, 1e-2)
+
+
+def default_maxiter(size: int) -> int:
+    """Default iteration cap: ten per unknown, at least 100 (so a 0-d problem still iterates)."""
+    return max(10 * size, 100)
+
+
+def _check_number(owner: str, name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{owner}: {name} must be a finite number; received {value!r}.")
+    if value < 0:
+        raise ValueError(f"{owner}: {name} must be >= 0; received {value!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearSolverBase:
+    """Fields and behaviour shared by all linear solvers.
+
+    A solver solves ``(A + ridge I) x = b`` given only ``matvec: v -> A v`` on pytrees. Calling
+    it returns ``x``; :meth:`run` also returns per-element statistics. A direct call is not
+    implicitly differentiated: use :func:`funcimplicit.linear_solve` for derivatives.
+    """
+
+    rtol: float | None = None
+    atol: float = 0.0
+    ridge: float = 0.0
+    on_failure: OnFailure = "warn"
+
+    #: Whether the method requires a symmetric (positive definite) operator.
+    requires_symmetric: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _check_number(owner, "rtol", self.rtol, allow_none=True)
+        _check_number(owner, "atol", self.atol)
+        _check_number(owner, "ridge", self.ridge)
+        if self.on_failure not in ON_FAILURE_CHOICES:
+            raise ValueError(
+                f"{owner}: on_failure must be one of {ON_FAILURE_CHOICES}; "
+                f"received {self.on_failure!r}."
+            )
+
+    def __call__(
+        self, matvec: Callable[[TreeT], TreeT], b: TreeT, init: TreeT | None = None
+    ) -> TreeT:
+        """Solve ``(A + ridge I) x = b``; warn or raise (``on_failure``) if not converged.
+
+        Args:
+            matvec: the linear map ``v -> A v`` on pytrees shaped like ``b``.
+            b: the right-hand side, a pytree of real floating tensors.
+            init: an initial guess shaped like ``b`` (zeros when omitted).
+
+        Returns:
+            ``x``, with the structure of ``b``.
+        """
+        result: LinearSolveResult[TreeT] = self.run(matvec, b, init)
+        report(result, self.on_failure, f"{type(self).__name__}(matvec, b)", self.failure_hint)
+        return result.solution
+
+    def run(
+        self, matvec: Callable[[TreeT], TreeT], b: TreeT, init: TreeT | None = None
+    ) -> LinearSolveResult[TreeT]:
+        """Solve like :meth:`__call__` but never warn; return the solution with statistics."""
+        call = f"{type(self).__name__}.run(matvec, b)"
+        floating_leaves(b, call, "b")
+        if init is not None:
+            check_same_layout(init, b, call, "init")
+        operator = self._operator(matvec, b, call)
+        rtol = self._default_rtol(_tree.flatten(b)[0][0].dtype) if self.rtol is None else self.rtol
+        b_norm = _tree.norm(b)
+        tolerance = torch.clamp(rtol * b_norm, min=self.atol)
+        return self._solve(operator, b, init, tolerance)
+
+    def _default_rtol(self, dtype: torch.dtype) -> float:
+        return default_rtol(dtype)
+
+    @property
+    def failure_hint(self) -> str:
+        """Advice appended to a non-convergence message."""
+        return "Raise maxiter, loosen rtol/atol, add a preconditioner, or set ridge > 0."
+
+    def _operator(self, matvec: Callable[[Any], Any], b: TensorTree, call: str) -> Operator:
+        """``v -> A v + ridge v``, checking the first output against the layout of ``b``."""
+        checked = False
+        ridge = self.ridge
+
+        def operator(v: Any) -> Any:
+            nonlocal checked
+            out = matvec(v)
+            if not checked:
+                check_same_layout(out, b, call, "matvec(x)")
+                checked = True
+            return _tree.axpy(ridge, v, out) if ridge else out
+
+        return operator
+
+    def _solve(
+        self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
+    ) -> LinearSolveResult[Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class IterativeSolver(LinearSolverBase):
+    """Fields shared by iterative (Krylov and Neumann) solvers.
+
+    Attributes:
+        maxiter: iteration cap; ``None`` means ``max(10 * size, 100)`` for a problem of
+            ``size`` unknowns. It is also the trip count under ``torch.compile``.
+        preconditioner: ``v -> M v`` with ``M`` approximating ``(A + ridge I)^{-1}``.
+    """
+
+    maxiter: int | None = None
+    preconditioner: Callable[[Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        owner = type(self).__name__
+        if self.maxiter is not None and (
+            isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int) or self.maxiter < 1
+        ):
+            raise ValueError(
+                f"{owner}: maxiter must be a positive int or None; received {self.maxiter!r}."
+            )
+        if self.preconditioner is not None and not callable(self.preconditioner):
+            raise TypeError(
+                f"{owner}: preconditioner must be a callable v -> M v; "
+                f"received {type(self.preconditioner).__name__}."
+            )
+
+    def _maxiter(self, b: TensorTree) -> int:
+        return default_maxiter(_tree.size(b)) if self.maxiter is None else self.maxiter
+
+    def _precondition(self, v: TreeT) -> TreeT:
+        return v if self.preconditioner is None else self.preconditioner(v)
+
+
+def finish(
+    solution: TreeT,
+    iterations: torch.Tensor,
+    residual_norm: torch.Tensor,
+    tolerance: torch.Tensor,
+    *,
+    claimed: torch.Tensor | None = None,
+    slack: torch.Tensor | float = 0.0,
+) -> LinearSolveResult[TreeT]:
+    """Assemble a result from the true final residual ``||b - A x||``.
+
+    Converged iff that residual is finite and ``<= tolerance + slack``, and, for methods that
+    track a recurrence residual, the recurrence met the tolerance (``claimed``). The slack
+    absorbs rounding drift between the recurrence and the true residual; an operator that
+    breaks the method's assumptions (CG on a non-symmetric matrix) fails it by far.
+    """
+    converged = torch.isfinite(residual_norm) & (residual_norm <= tolerance + slack)
+    if claimed is not None:
+        converged = converged & claimed
+    return LinearSolveResult(solution, iterations, residual_norm, tolerance, converged)
+
+
+def rounding_slack(b: TensorTree) -> torch.Tensor:
+    """``sqrt(eps) * ||b||``: how far a recurrence residual may drift from the true one."""
+    dtype = _tree.flatten(b)[0][0].dtype
+    return math.sqrt(torch.finfo(dtype).eps) * _tree.norm(b)
