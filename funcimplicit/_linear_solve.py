@@ -9,55 +9,55 @@ never differentiated.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from optree import PyTreeSpec
 
 from . import _func, _tree
 from ._checks import check_no_captured_tensors, check_same_layout, floating_leaves
 from ._convergence import report
 from ._gmres import GMRES
 from ._krylov import CG, NormalCG
+from ._packing import ArgsLayout, TensorPool, TreeLayout
 from ._solver_base import LinearSolverBase
 from ._tree import TensorTree, TreeT
 
-__all__ = ["linear_solve", "solve_tree"]
+__all__ = ["LinearProblem", "linear_solve", "solve_tree"]
 
 
 @dataclass(frozen=True, eq=False)
-class _Problem:
-    """Everything non-tensor about one solve; travels through ``Function.apply`` as is."""
+class LinearProblem:
+    """Everything non-tensor about one solve; travels through ``Function.apply`` as is.
+
+    ``linearize(*args)``, when given, returns ``v -> matvec(v, *args)`` with work that does
+    not depend on ``v`` done once (e.g. a VJP's forward pass) instead of once per iteration.
+    """
 
     matvec: Callable[..., Any]
     solver: LinearSolverBase
-    transposed: bool
-    rhs_spec: PyTreeSpec
-    args_spec: PyTreeSpec
-    # Each argument leaf is either an index into the tensor inputs or a constant.
-    args_slots: tuple[tuple[bool, Any], ...]
-    rhs_index: tuple[int, ...]
-    init_index: tuple[int, ...] | None
     label: str
-
-    def unpack(self, tensors: Sequence[torch.Tensor]) -> tuple[Any, Any, tuple[Any, ...]]:
-        rhs = _tree.unflatten(self.rhs_spec, [tensors[i] for i in self.rhs_index])
-        init = None
-        if self.init_index is not None:
-            init = _tree.unflatten(self.rhs_spec, [tensors[i] for i in self.init_index])
-        return rhs, init, self.args(tensors)
-
-    def args(self, tensors: Sequence[torch.Tensor]) -> tuple[Any, ...]:
-        leaves = [tensors[v] if is_tensor else v for is_tensor, v in self.args_slots]
-        return tuple(_tree.unflatten(self.args_spec, leaves))
+    transposed: bool = False
+    linearize: Callable[..., Callable[[Any], Any]] | None = None
+    rhs: TreeLayout | None = None
+    init: TreeLayout | None = None
+    args: ArgsLayout | None = None
 
     def apply_a(self, v: Any, args: tuple[Any, ...]) -> Any:
         """``A(args) v`` (or ``A(args)^T v`` when transposed), without the ridge."""
         if not self.transposed:
             return self.matvec(v, *args)
         return _transpose_apply(self.matvec, v, args)
+
+    def operator(self, like: Any, args: tuple[Any, ...]) -> Callable[[Any], Any]:
+        """``v -> A v`` (or ``A^T v``) for fixed ``args``, set up once for many products."""
+        if self.transposed:
+            _, pullback = _func.vjp(lambda z: self.matvec(z, *args), _tree.zeros_like(like))
+            return lambda v: pullback(v)[0]
+        if self.linearize is not None:
+            return self.linearize(*args)
+        return lambda v: self.matvec(v, *args)
 
 
 def _transpose_apply(matvec: Callable[..., Any], v: Any, args: tuple[Any, ...]) -> Any:
@@ -70,19 +70,13 @@ class _LinearSolveFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(problem: _Problem, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rhs, init, args = problem.unpack(tensors)
-        if problem.transposed:
-            _, pullback = _func.vjp(lambda z: problem.matvec(z, *args), _tree.zeros_like(rhs))
-
-            def operator(v: Any) -> Any:
-                return pullback(v)[0]
-        else:
-
-            def operator(v: Any) -> Any:
-                return problem.matvec(v, *args)
-
-        result = problem.solver.run(operator, rhs, init)
+    def forward(problem: LinearProblem, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        assert problem.rhs is not None
+        assert problem.args is not None
+        rhs = problem.rhs.rebuild(tensors)
+        init = None if problem.init is None else problem.init.rebuild(tensors)
+        args = problem.args.rebuild(tensors)
+        result = problem.solver.run(problem.operator(rhs, args), rhs, init)
         report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
         leaves, _ = _tree.flatten(result.solution)
         ids = {id(t) for t in tensors}
@@ -99,7 +93,7 @@ class _LinearSolveFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        problem: _Problem = ctx.problem
+        problem: LinearProblem = ctx.problem
         saved = ctx.saved_tensors
         tensors, x_leaves = saved[: ctx.count], saved[ctx.count :]
         needs = ctx.needs_input_grad[1:]
@@ -109,25 +103,23 @@ class _LinearSolveFunction(torch.autograd.Function):
         g_leaves = [
             torch.zeros_like(x) if g is None else g for g, x in zip(grads, x_leaves, strict=True)
         ]
-        g = _tree.unflatten(problem.rhs_spec, g_leaves)
-        x = _tree.unflatten(problem.rhs_spec, list(x_leaves))
-        args = problem.args(tensors)
+        assert problem.rhs is not None
+        assert problem.args is not None
+        layout = problem.args
+        g = _tree.unflatten(problem.rhs.spec, g_leaves)
+        x = _tree.unflatten(problem.rhs.spec, list(x_leaves))
+        args = layout.rebuild(tensors)
         # (A^T + ridge I) w = g   (the transposed solve goes through this same rule)
-        w = solve_tree(
-            replace(problem, transposed=not problem.transposed, init_index=None), g, args
-        )
-        for i, leaf in zip(problem.rhs_index, _tree.flatten(w)[0], strict=True):
+        w = solve_tree(replace(problem, transposed=not problem.transposed), g, args)
+        for i, leaf in zip(problem.rhs.index, _tree.flatten(w)[0], strict=True):
             out[i] = leaf if out[i] is None else out[i] + leaf
-        wanted = [i for i in _arg_tensor_indices(problem) if needs[i]]
+        wanted = [i for i in layout.tensor_indices() if needs[i]]
         if wanted:
             # grad_a = -d<w, A(a) x>/da, and for the transposed system -d<A(a) w, x>/da.
             point, cotangent = (w, x) if problem.transposed else (x, w)
 
             def applied(*chosen: torch.Tensor) -> Any:
-                local = list(tensors)
-                for i, t in zip(wanted, chosen, strict=True):
-                    local[i] = t
-                return problem.matvec(point, *problem.args(local))
+                return problem.matvec(point, *layout.replaced(tensors, wanted, chosen))
 
             _, pullback = _func.vjp(applied, *[tensors[i] for i in wanted])
             for i, grad in zip(wanted, pullback(cotangent), strict=True):
@@ -136,71 +128,41 @@ class _LinearSolveFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        problem: _Problem = ctx.problem
+        problem: LinearProblem = ctx.problem
         saved = ctx.saved_tensors
         tensors, x_leaves = saved[: ctx.count], saved[ctx.count :]
         dt = tangents[1:]
-        x = _tree.unflatten(problem.rhs_spec, list(x_leaves))
+        assert problem.rhs is not None
+        assert problem.args is not None
+        layout = problem.args
+        x = _tree.unflatten(problem.rhs.spec, list(x_leaves))
         rhs_t = [
             dt[i] if dt[i] is not None else torch.zeros_like(x_leaves[k])
-            for k, i in enumerate(problem.rhs_index)
+            for k, i in enumerate(problem.rhs.index)
         ]
-        rhs = _tree.unflatten(problem.rhs_spec, rhs_t)
-        moving = [i for i in _arg_tensor_indices(problem) if dt[i] is not None]
+        rhs = _tree.unflatten(problem.rhs.spec, rhs_t)
+        moving = [i for i in layout.tensor_indices() if dt[i] is not None]
         if moving:
             # (A + ridge I) dx = db - (dA) x, with (dA) x the JVP of a -> A(a) x.
             def applied(*chosen: torch.Tensor) -> Any:
-                local = list(tensors)
-                for i, t in zip(moving, chosen, strict=True):
-                    local[i] = t
-                return problem.apply_a(x, problem.args(local))
+                return problem.apply_a(x, layout.replaced(tensors, moving, chosen))
 
             _, da_x = _func.jvp(
                 applied, tuple(tensors[i] for i in moving), tuple(dt[i] for i in moving)
             )
             rhs = _tree.sub(rhs, da_x)
-        dx = solve_tree(replace(problem, init_index=None), rhs, problem.args(tensors))
+        dx = solve_tree(problem, rhs, layout.rebuild(tensors))
         return tuple(_tree.flatten(dx)[0])
 
 
-def _arg_tensor_indices(problem: _Problem) -> list[int]:
-    seen: list[int] = []
-    for is_tensor, v in problem.args_slots:
-        if is_tensor and v not in seen:
-            seen.append(v)
-    return seen
-
-
-def solve_tree(problem: _Problem, rhs: Any, args: tuple[Any, ...], init: Any = None) -> Any:
+def solve_tree(problem: LinearProblem, rhs: Any, args: tuple[Any, ...], init: Any = None) -> Any:
     """Solve ``problem`` for ``rhs`` through the differentiable rule; return the solution tree."""
-    unique: list[torch.Tensor] = []
-    positions: dict[int, int] = {}
-
-    def slot(t: torch.Tensor) -> int:
-        # One input per distinct tensor: passing a tensor twice through apply is unsafe.
-        key = id(t)
-        if key not in positions:
-            positions[key] = len(unique)
-            unique.append(t)
-        return positions[key]
-
-    rhs_leaves, rhs_spec = _tree.flatten(rhs)
-    rhs_index = tuple(slot(t) for t in rhs_leaves)
-    init_index = None if init is None else tuple(slot(t) for t in _tree.flatten(init)[0])
-    arg_leaves, args_spec = _tree.flatten(tuple(args))
-    slots = tuple(
-        (True, slot(v)) if isinstance(v, torch.Tensor) else (False, v) for v in arg_leaves
-    )
-    problem = replace(
-        problem,
-        rhs_spec=rhs_spec,
-        args_spec=args_spec,
-        args_slots=slots,
-        rhs_index=rhs_index,
-        init_index=init_index,
-    )
-    out = _LinearSolveFunction.apply(problem, *unique)  # type: ignore[no-untyped-call]
-    return _tree.unflatten(rhs_spec, list(out))
+    pool = TensorPool()
+    rhs_layout = pool.add_tree(rhs)
+    init_layout = None if init is None else pool.add_tree(init)
+    problem = replace(problem, rhs=rhs_layout, init=init_layout, args=pool.add_args(args))
+    out = _LinearSolveFunction.apply(problem, *pool.tensors)  # type: ignore[no-untyped-call]
+    return _tree.unflatten(rhs_layout.spec, list(out))
 
 
 def _normal_matvec(matvec: Callable[..., Any]) -> Callable[..., Any]:
@@ -291,7 +253,6 @@ def _solve_checked(
     init: TensorTree | None,
     label: str,
 ) -> Any:
-    empty = _tree.structure(())
-    problem = _Problem(matvec, solver, False, empty, empty, (), (), None, label)
+    problem = LinearProblem(matvec, solver, label)
     init_detached = None if init is None else _tree.map_leaves(torch.Tensor.detach, init)
     return solve_tree(problem, b, args, init_detached)
