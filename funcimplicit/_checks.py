@@ -17,6 +17,7 @@ __all__ = [
     "check_same_layout",
     "floating_leaves",
     "is_transformed",
+    "refuse_forward_over_forward",
 ]
 
 
@@ -53,13 +54,15 @@ def floating_leaves(tree: Any, call: str, name: str) -> tuple[list[torch.Tensor]
     return leaves, spec
 
 
-def check_same_layout(received: Any, expected: Any, call: str, what: str) -> None:
+def check_same_layout(
+    received: Any, expected: Any, call: str, what: str, reference: str = "b"
+) -> None:
     """Raise unless ``received`` has the structure, shapes, dtype and device of ``expected``."""
     got_leaves, got_spec = _tree.flatten(received)
     want_leaves, want_spec = _tree.flatten(expected)
     if got_spec != want_spec:
         raise ValueError(
-            f"{call}: {what} must have the tree structure of its reference.\n"
+            f"{call}: expected {what} to have the tree structure of {reference}.\n"
             f"  expected: {want_spec}\n  received: {got_spec}"
         )
     for index, (got, want) in enumerate(zip(got_leaves, want_leaves, strict=True)):
@@ -70,12 +73,12 @@ def check_same_layout(received: Any, expected: Any, call: str, what: str) -> Non
         if got.shape != want.shape:
             raise ValueError(
                 f"{call}: {what} leaf {index} has shape {tuple(got.shape)}; expected "
-                f"{tuple(want.shape)}."
+                f"{tuple(want.shape)}, the shape of {reference} leaf {index}."
             )
         if got.dtype != want.dtype or got.device != want.device:
             raise TypeError(
                 f"{call}: {what} leaf {index} is {got.dtype} on {got.device}; expected "
-                f"{want.dtype} on {want.device}."
+                f"{want.dtype} on {want.device}, like {reference} leaf {index}."
             )
 
 
@@ -103,6 +106,13 @@ def _captured_objects(fn: Any, depth: int) -> list[tuple[str, Any]]:
             found.append((f"closure variable {name!r}", value))
             if callable(value) and not isinstance(value, torch.nn.Module | type):
                 found += _captured_objects(value, depth + 1)
+    if code is not None:
+        # Module-level names the function reads (a global tensor is captured just the same).
+        namespace = getattr(fn, "__globals__", {})
+        for name in code.co_names:
+            value = namespace.get(name)
+            if isinstance(value, torch.Tensor | torch.nn.Module):
+                found.append((f"global variable {name!r}", value))
     for i, default in enumerate(getattr(fn, "__defaults__", None) or ()):
         found.append((f"default argument {i}", default))
     return found
@@ -140,3 +150,33 @@ def check_no_captured_tensors(fn: Callable[..., Any], call: str, name: str) -> N
                 f"argument instead (for modules, pass their parameters and use "
                 f"torch.func.functional_call), or .detach() it if it is constant."
             )
+
+
+def _active_transforms() -> list[str]:
+    """Names of the active ``torch.func`` transforms, outermost first (private API, guarded)."""
+    try:
+        from torch._functorch import pyfunctorch
+
+        return [
+            str(interpreter.key()).rsplit(".", 1)[-1]
+            for interpreter in pyfunctorch.retrieve_all_functorch_interpreters()
+        ]
+    except Exception:  # the private API moved: no detection rather than a false alarm
+        return []
+
+
+def refuse_forward_over_forward(call: str) -> None:
+    """Raise inside a custom ``jvp`` rule that runs under two forward-mode transforms.
+
+    On torch 2.13, forward-over-forward (``jacfwd(jacfwd(f))``, ``jvp`` of ``jvp``) through
+    any ``autograd.Function`` gives wrong second derivatives (pytorch issue 197867); the
+    other orders are exact.
+    """
+    if _active_transforms().count("Jvp") >= 2:
+        raise NotImplementedError(
+            f"{call}: forward-over-forward differentiation (jacfwd(jacfwd(...)) or a jvp of a "
+            "jvp) through an implicit function gives wrong second derivatives on this torch "
+            "(an upstream autograd.Function bug, pytorch issue 197867). Take second "
+            "derivatives as torch.func.hessian (= jacfwd(jacrev(...))), jacrev(jacrev(...)) "
+            "or jacrev(jacfwd(...)), which are exact."
+        )

@@ -16,7 +16,12 @@ from typing import Any
 import torch
 
 from . import _func, _tree
-from ._checks import check_no_captured_tensors, check_same_layout, floating_leaves
+from ._checks import (
+    check_no_captured_tensors,
+    check_same_layout,
+    floating_leaves,
+    refuse_forward_over_forward,
+)
 from ._convergence import report
 from ._gmres import GMRES
 from ._krylov import CG, NormalCG
@@ -129,6 +134,7 @@ class _LinearSolveFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         problem: LinearProblem = ctx.problem
+        refuse_forward_over_forward(problem.label)
         saved = ctx.saved_tensors
         tensors, x_leaves = saved[: ctx.count], saved[ctx.count :]
         dt = tangents[1:]
