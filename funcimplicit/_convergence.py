@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Generic, Literal
+from typing import Generic, Literal, Protocol
 
 import torch
 import torch.utils._pytree
@@ -12,7 +12,14 @@ import torch.utils._pytree
 from ._loop import physical
 from ._tree import TreeT
 
-__all__ = ["ConvergenceError", "ConvergenceWarning", "LinearSolveResult", "OnFailure", "report"]
+__all__ = [
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "LinearSolveResult",
+    "OnFailure",
+    "Statistics",
+    "report",
+]
 
 #: What a solve does when it stops without meeting its tolerance (eager mode only).
 OnFailure = Literal["warn", "raise", "ignore"]
@@ -50,8 +57,21 @@ class LinearSolveResult(Generic[TreeT]):
 torch.utils._pytree.register_dataclass(LinearSolveResult)
 
 
+class Statistics(Protocol):
+    """What :func:`report` reads from a result (linear or inner solve)."""
+
+    @property
+    def iterations(self) -> torch.Tensor: ...
+    @property
+    def residual_norm(self) -> torch.Tensor: ...
+    @property
+    def tolerance(self) -> torch.Tensor: ...
+    @property
+    def converged(self) -> torch.Tensor: ...
+
+
 def report(
-    result: LinearSolveResult[TreeT], on_failure: OnFailure, call: str, hint: str = ""
+    result: Statistics, on_failure: OnFailure, call: str, hint: str = "", stacklevel: int = 3
 ) -> None:
     """Warn or raise if some element of ``result`` did not converge (eager mode only).
 
@@ -78,7 +98,10 @@ def report(
         f"{int(failed.sum())} of {failed.numel()} problems" if failed.numel() > 1 else "the problem"
     )
     if not bool(torch.isfinite(residual).all()):
-        detail = "the residual is NaN or Inf (singular or indefinite system, or non-finite input)"
+        detail = (
+            "the residual is NaN or Inf (a diverging iteration, a singular or indefinite "
+            "system, or non-finite input)"
+        )
     else:
         worst = int(torch.argmax(residual / tolerance.clamp_min(torch.finfo(tolerance.dtype).tiny)))
         detail = (
@@ -90,4 +113,4 @@ def report(
         message += f" {hint}"
     if on_failure == "raise":
         raise ConvergenceError(message)
-    warnings.warn(message, ConvergenceWarning, stacklevel=3)
+    warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel)

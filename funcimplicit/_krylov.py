@@ -11,43 +11,11 @@ import torch
 from . import _func, _tree
 from ._checks import check_same_layout, floating_leaves
 from ._convergence import LinearSolveResult
-from ._loop import ALL_DONE, NONE_DONE, progress, safe_div
+from ._loop import iterate, safe_div
 from ._solver_base import IterativeSolver, Operator, default_rtol, finish, rounding_slack
 from ._tree import TreeT
 
-__all__ = ["CG", "BiCGStab", "Neumann", "NormalCG", "iterate"]
-
-Step = Callable[[Any], tuple[Any, torch.Tensor]]
-
-
-def iterate(
-    step: Step, state: Any, done: torch.Tensor, maxiter: int
-) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """Apply ``step`` to every element that is not done, at most ``maxiter`` times.
-
-    ``step(state) -> (new_state, finished)`` works on one problem (vmap batches it). A done
-    element is frozen with ``torch.where``, so its state is exactly what it was when it
-    finished. The loop ends when all elements are done (one host read per iteration) or,
-    when that cannot be read (compile), after ``maxiter`` iterations.
-
-    Returns:
-        ``(state, iterations, done)`` with per-element iteration counts (int64).
-    """
-    iterations = torch.zeros_like(done, dtype=torch.int64)
-    for _ in range(maxiter):
-        status = progress(done)
-        if status == ALL_DONE:
-            break
-        new_state, finished = step(state)
-        if status == NONE_DONE:  # nobody to freeze: skip the where (it would be an identity)
-            state, done = new_state, finished
-            iterations = iterations + 1
-        else:
-            active = ~done
-            state = _tree.where(active, new_state, state)
-            done = done | finished
-            iterations = iterations + active.to(torch.int64)
-    return state, iterations, done
+__all__ = ["CG", "BiCGStab", "Neumann", "NormalCG"]
 
 
 def _start(operator: Operator, b: TreeT, init: TreeT | None) -> tuple[TreeT, TreeT]:

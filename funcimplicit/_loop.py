@@ -9,9 +9,14 @@ and answers ``False`` whenever it cannot look, which falls back to the full trip
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-__all__ = ["all_true", "physical", "progress", "safe_div"]
+from . import _tree
+
+__all__ = ["all_true", "iterate", "physical", "progress", "safe_div"]
 
 
 def physical(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -74,3 +79,36 @@ def progress(done: torch.Tensor) -> str:
     if count == plain.numel():
         return ALL_DONE
     return NONE_DONE if count == 0 else SOME_DONE
+
+
+Step = Callable[[Any], tuple[Any, torch.Tensor]]
+
+
+def iterate(
+    step: Step, state: Any, done: torch.Tensor, maxiter: int
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Apply ``step`` to every element that is not done, at most ``maxiter`` times.
+
+    ``step(state) -> (new_state, finished)`` works on one problem (vmap batches it). A done
+    element is frozen with ``torch.where``, so its state is exactly what it was when it
+    finished. The loop ends when all elements are done (one host read per iteration) or,
+    when that cannot be read (compile), after ``maxiter`` iterations.
+
+    Returns:
+        ``(state, iterations, done)`` with per-element iteration counts (int64).
+    """
+    iterations = torch.zeros_like(done, dtype=torch.int64)
+    for _ in range(maxiter):
+        status = progress(done)
+        if status == ALL_DONE:
+            break
+        new_state, finished = step(state)
+        if status == NONE_DONE:  # nobody to freeze: skip the where (it would be an identity)
+            state, done = new_state, finished
+            iterations = iterations + 1
+        else:
+            active = ~done
+            state = _tree.where(active, new_state, state)
+            done = done | finished
+            iterations = iterations + active.to(torch.int64)
+    return state, iterations, done

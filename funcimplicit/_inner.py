@@ -1,0 +1,149 @@
+"""Inner solvers' common ground: the result object, status codes, tolerances, and the
+problem view each method works on (fixed-point map, root function or objective)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic
+
+import torch
+import torch.utils._pytree
+
+from . import _tree
+from ._convergence import ON_FAILURE_CHOICES, OnFailure
+from ._solver_base import default_rtol
+from ._tree import TensorTree, TreeT
+
+__all__ = ["InnerMethod", "InnerProblem", "Solution", "Status", "classify"]
+
+
+class Status(enum.IntEnum):
+    """Why an inner solve stopped (the ``status`` tensor holds these values per element)."""
+
+    CONVERGED = 0
+    MAX_ITERATIONS = 1
+    NONFINITE = 2  # NaN or Inf appeared: diverged, or the function is not finite there
+
+
+@dataclass(frozen=True)
+class Solution(Generic[TreeT]):
+    """An inner solve's result (one value per ``vmap`` element for each statistic).
+
+    Attributes:
+        value: the solution, with the structure of ``init``; it carries implicit
+            derivatives in the solver's arguments unless ``implicit=False``.
+        iterations: iterations taken (int64).
+        residual_norm: ``||T(value)||`` (``||F(value) - value||`` for fixed points, the
+            gradient norm for minimization), over all leaves jointly.
+        tolerance: the threshold ``max(atol, rtol * ||value||)`` it was held to.
+        converged: ``residual_norm <= tolerance`` with everything finite.
+        status: a :class:`Status` code per element (int64).
+    """
+
+    value: TreeT
+    iterations: torch.Tensor
+    residual_norm: torch.Tensor
+    tolerance: torch.Tensor
+    converged: torch.Tensor
+    status: torch.Tensor
+
+
+torch.utils._pytree.register_dataclass(Solution)
+
+
+@dataclass(frozen=True, eq=False)
+class InnerProblem:
+    """One problem, seen in every form a method may want, on raveled or tree iterates.
+
+    ``root(x)`` is ``T(x)``, zero at the solution; ``fixed_point(x)`` is ``F(x)`` with
+    ``F(x) = x`` at the solution (``F = x - T`` when only ``T`` is given, and conversely);
+    ``objective(x)`` is set for minimization (``T`` is then its gradient).
+    """
+
+    root: Callable[[Any], Any]
+    fixed_point: Callable[[Any], Any]
+    objective: Callable[[Any], Any] | None
+    rtol: float
+    atol: float
+
+    def tolerance(self, x: TensorTree) -> torch.Tensor:
+        """``max(atol, rtol * ||x||)``."""
+        return torch.clamp(self.rtol * _tree.norm(x), min=self.atol)
+
+    def finished(self, residual_norm: torch.Tensor, x: TensorTree) -> torch.Tensor:
+        """Converged, or not finite (no point iterating on NaN)."""
+        return (residual_norm <= self.tolerance(x)) | ~torch.isfinite(residual_norm)
+
+
+def classify(
+    x: TreeT,
+    iterations: torch.Tensor,
+    residual_norm: torch.Tensor,
+    problem: InnerProblem,
+) -> Solution[TreeT]:
+    """Assemble a :class:`Solution` with per-element status codes."""
+    finite = torch.isfinite(residual_norm)
+    for leaf in _tree.flatten(x)[0]:
+        finite = finite & torch.isfinite(leaf).all()
+    tolerance = problem.tolerance(x)
+    converged = finite & (residual_norm <= tolerance)
+    status = torch.where(
+        converged,
+        int(Status.CONVERGED),
+        torch.where(finite, int(Status.MAX_ITERATIONS), int(Status.NONFINITE)),
+    )
+    return Solution(x, iterations, residual_norm, tolerance, converged, status)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InnerMethod:
+    """Fields shared by the inner solvers.
+
+    Attributes:
+        rtol: relative tolerance on the residual (``None``: 1e-10 in float64, 1e-5 in float32).
+        atol: absolute tolerance on the residual (``None``: the same as ``rtol``'s default).
+        maxiter: iteration cap, also the trip count under ``torch.compile``.
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when an element does not
+            converge (eager mode; the per-element ``status`` is always returned).
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    maxiter: int = 100
+    on_failure: OnFailure = "warn"
+
+    #: "fixed_point" methods iterate ``F``; "root" methods solve ``T = 0``.
+    form: ClassVar[str] = "fixed_point"
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+            ):
+                raise ValueError(f"{owner}: {name} must be a number >= 0 or None; got {value!r}.")
+        if isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int) or self.maxiter < 1:
+            raise ValueError(f"{owner}: maxiter must be a positive int; received {self.maxiter!r}.")
+        if self.on_failure not in ON_FAILURE_CHOICES:
+            raise ValueError(
+                f"{owner}: on_failure must be one of {ON_FAILURE_CHOICES}; "
+                f"received {self.on_failure!r}."
+            )
+
+    def tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
+        default = default_rtol(dtype)
+        return (
+            default if self.rtol is None else self.rtol,
+            default if self.atol is None else self.atol,
+        )
+
+    @property
+    def failure_hint(self) -> str:
+        return "Raise maxiter, loosen rtol/atol, or try another method (Anderson, Newton)."
+
+    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
+        """Solve ``problem`` from ``init`` (no derivatives attached here)."""
+        raise NotImplementedError

@@ -1,0 +1,264 @@
+"""Entry points for the inner solvers: ``solve_fixed_point``, ``solve_root``, ``minimize``.
+
+Each runs a method (``Anderson``, ``Newton``, ...) on detached inputs and, by default,
+attaches implicit derivatives to the solution with the same rule as ``implicit_root``: the
+iterations are never differentiated, and memory does not grow with their number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from . import _tree
+from ._checks import check_no_captured_tensors, check_same_layout, floating_leaves
+from ._convergence import report
+from ._fixed_point_methods import Anderson
+from ._gmres import GMRES
+from ._implicit import attach
+from ._inner import InnerMethod, InnerProblem, Solution
+from ._krylov import CG
+from ._root import _FixedPointResidual
+from ._root_methods import Newton
+from ._solver_base import LinearSolverBase
+from ._tree import TreeT
+
+__all__ = ["minimize", "solve_fixed_point", "solve_root"]
+
+
+class _RootAsFixedPoint:
+    """``F(x, *args) = x - T(x, *args)``: lets fixed-point methods solve ``T = 0``."""
+
+    def __init__(self, root_fn: Callable[..., Any]) -> None:
+        self.root_fn = root_fn
+
+    def __call__(self, x: Any, *args: Any) -> Any:
+        return _tree.sub(x, self.root_fn(x, *args))
+
+
+class _Stationarity:
+    """``T(x, *args) = grad_x L(x, *args)``: zero at a minimum of ``L``."""
+
+    def __init__(self, objective: Callable[..., torch.Tensor]) -> None:
+        self.objective = objective
+
+    def __call__(self, x: Any, *args: Any) -> Any:
+        return torch.func.grad(self.objective)(x, *args)
+
+
+def _detached(tree: Any) -> Any:
+    return _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, tree)
+
+
+def _run(
+    call: str,
+    root_fn: Callable[..., Any],
+    fixed_point_fn: Callable[..., Any],
+    objective: Callable[..., torch.Tensor] | None,
+    init: TreeT,
+    args: tuple[Any, ...],
+    method: InnerMethod,
+    solve: LinearSolverBase,
+    implicit: bool,
+) -> Solution[TreeT]:
+    if not isinstance(method, InnerMethod):
+        raise TypeError(
+            f"{call}: method must be an inner solver such as fi.Anderson() or fi.Newton(); "
+            f"received {type(method).__name__}."
+        )
+    if not isinstance(solve, LinearSolverBase):
+        raise TypeError(
+            f"{call}: solve must be a linear solver such as fi.GMRES(); "
+            f"received {type(solve).__name__}."
+        )
+    leaves, _ = floating_leaves(init, call, "init")
+    rtol, atol = method.tolerances(leaves[0].dtype)
+    inner_init, inner_args = (_detached(init), _detached(args)) if implicit else (init, args)
+    checked = [False]
+
+    def root(x: Any) -> Any:
+        out = root_fn(x, *inner_args)
+        if not checked[0]:
+            check_same_layout(out, x, call, "the function's output", "init")
+            checked[0] = True
+        return out
+
+    def fixed_point(x: Any) -> Any:
+        out = fixed_point_fn(x, *inner_args)
+        if not checked[0]:
+            check_same_layout(out, x, call, "the function's output", "init")
+            checked[0] = True
+        return out
+
+    problem = InnerProblem(
+        root=root,
+        fixed_point=fixed_point,
+        objective=None if objective is None else (lambda x: objective(x, *inner_args)),
+        rtol=rtol,
+        atol=atol,
+    )
+    result = method.run(problem, inner_init)
+    report(
+        result,
+        method.on_failure,
+        f"{call} with {type(method).__name__}",
+        method.failure_hint,
+        stacklevel=4,
+    )
+    if not implicit:
+        return result
+    value = attach(root_fn, result.value, args, range(len(args)), solve, call)
+    return replace(result, value=value)
+
+
+def solve_fixed_point(
+    fixed_point_fn: Callable[..., TreeT],
+    init: TreeT,
+    *args: Any,
+    method: InnerMethod | None = None,
+    solve: LinearSolverBase | None = None,
+    implicit: bool = True,
+) -> Solution[TreeT]:
+    """Find ``x = F(x, *args)`` and differentiate it implicitly in ``args``.
+
+    Args:
+        fixed_point_fn: ``F(x, *args)``, returning a pytree shaped like ``x``. Tensors it
+            needs come in through ``args`` (a captured tensor requiring grad is refused).
+        init: the starting point (a warm start from a previous solution works well).
+        *args: pytrees passed to ``F``; their tensor leaves get implicit derivatives.
+        method: ``Anderson()`` (default), ``FixedPointIteration()``, ``Broyden()`` or
+            ``Newton()`` (the last two solve ``x - F(x) = 0``).
+        solve: the linear solver of the implicit derivative, for ``A = I - dF/dx``
+            (default ``GMRES()``; ``Neumann()`` suits contractions).
+        implicit: attach implicit derivatives (default). ``False`` returns the raw
+            iterate, so autograd differentiates through the iterations instead (unrolled).
+
+    Returns:
+        A :class:`Solution`: ``value`` plus per-element ``iterations``, ``residual_norm``
+        (``||F(x) - x||``), ``converged`` and ``status``; batched under ``vmap``, where each
+        element stops when it converges and the batch when all have.
+
+    Example:
+        >>> import torch, funcimplicit as fi
+        >>> def F(x, theta):
+        ...     return torch.cos(x) + theta
+        >>> theta = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        >>> sol = fi.solve_fixed_point(F, torch.zeros((), dtype=torch.float64), theta)
+        >>> sol.value.backward()  # dx*/dtheta = 1 / (1 + sin(x*))
+        >>> torch.allclose(theta.grad, 1 / (1 + torch.sin(sol.value.detach())))
+        True
+    """
+    check_no_captured_tensors(fixed_point_fn, "solve_fixed_point", "fixed_point_fn")
+    root_fn = _FixedPointResidual(fixed_point_fn)
+    return _run(
+        "solve_fixed_point(fixed_point_fn, init, *args)",
+        root_fn,
+        fixed_point_fn,
+        None,
+        init,
+        args,
+        Anderson() if method is None else method,
+        GMRES() if solve is None else solve,
+        implicit,
+    )
+
+
+def solve_root(
+    root_fn: Callable[..., TreeT],
+    init: TreeT,
+    *args: Any,
+    method: InnerMethod | None = None,
+    solve: LinearSolverBase | None = None,
+    implicit: bool = True,
+) -> Solution[TreeT]:
+    """Find ``T(x, *args) = 0`` and differentiate ``x`` implicitly in ``args``.
+
+    Args:
+        root_fn: ``T(x, *args)``, returning a pytree shaped like ``x``.
+        init: the starting point.
+        *args: pytrees passed to ``T``; their tensor leaves get implicit derivatives.
+        method: ``Newton()`` (default), ``Broyden()``, or a fixed-point method applied to
+            ``x - T(x)``.
+        solve: the linear solver of the implicit derivative, for ``A = dT/dx``
+            (default ``GMRES()``).
+        implicit: see :func:`solve_fixed_point`.
+
+    Returns:
+        A :class:`Solution` (``residual_norm`` is ``||T(x)||``).
+
+    Example:
+        >>> import torch, funcimplicit as fi
+        >>> def T(x, a):
+        ...     return x ** 3 - a
+        >>> a = torch.tensor(8.0, dtype=torch.float64, requires_grad=True)
+        >>> sol = fi.solve_root(T, torch.tensor(1.0, dtype=torch.float64), a)
+        >>> sol.value.backward()  # dx/da = 1 / (3 x^2) = 1/12
+        >>> round(float(a.grad), 6)
+        0.083333
+    """
+    check_no_captured_tensors(root_fn, "solve_root", "root_fn")
+    return _run(
+        "solve_root(root_fn, init, *args)",
+        root_fn,
+        _RootAsFixedPoint(root_fn),
+        None,
+        init,
+        args,
+        Newton() if method is None else method,
+        GMRES() if solve is None else solve,
+        implicit,
+    )
+
+
+def minimize(
+    objective: Callable[..., torch.Tensor],
+    init: TreeT,
+    *args: Any,
+    method: InnerMethod | None = None,
+    solve: LinearSolverBase | None = None,
+    implicit: bool = True,
+) -> Solution[TreeT]:
+    """Minimize ``L(x, *args)`` over ``x`` and differentiate the minimizer in ``args``.
+
+    Solves the stationarity condition ``grad_x L = 0``; the implicit derivative uses the
+    Hessian, symmetric positive definite at a strict minimum, so ``solve`` defaults to CG.
+
+    Args:
+        objective: ``L(x, *args)``, a scalar tensor, twice differentiable in ``x``.
+        init: the starting point.
+        *args: pytrees passed to ``L``; their tensor leaves get implicit derivatives.
+        method: ``Newton(solve=CG())`` (default, Newton-CG with backtracking on ``L``) or
+            ``GradientDescent(step_size=...)``.
+        solve: the linear solver of the implicit derivative (default ``CG()``).
+        implicit: see :func:`solve_fixed_point`.
+
+    Returns:
+        A :class:`Solution` (``residual_norm`` is the gradient norm).
+
+    Example:
+        >>> import torch, funcimplicit as fi
+        >>> def L(w, lam, X, y):  # ridge regression
+        ...     return 0.5 * ((X @ w - y) ** 2).sum() + 0.5 * lam * (w ** 2).sum()
+        >>> X, y = torch.eye(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+        >>> lam = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+        >>> w = fi.minimize(L, torch.zeros(2, dtype=torch.float64), lam, X, y).value
+        >>> w.sum().backward()  # w = y / (1 + lam): dw/dlam summed = -2 / 4
+        >>> lam.grad
+        tensor(-0.5000, dtype=torch.float64)
+    """
+    check_no_captured_tensors(objective, "minimize", "objective")
+    stationarity = _Stationarity(objective)
+    return _run(
+        "minimize(objective, init, *args)",
+        stationarity,
+        _RootAsFixedPoint(stationarity),
+        objective,
+        init,
+        args,
+        Newton(solve=CG(on_failure="ignore")) if method is None else method,
+        CG() if solve is None else solve,
+        implicit,
+    )
