@@ -43,7 +43,10 @@ class LinearSolveResult(Generic[TreeT]):
         iterations: iterations of the method taken (int64; 1 for dense solvers).
         residual_norm: ``||b - (A + ridge I) x||`` over all leaves jointly, at the end.
         tolerance: the threshold ``max(rtol * ||b||, atol)`` the residual was held to.
-        converged: whether ``residual_norm <= tolerance`` and the solution is finite.
+        converged: whether the solution is finite and ``residual_norm <= tolerance``, or,
+            for CG, BiCGStab and GMRES, whose recurrence (or estimate) met the tolerance,
+            ``residual_norm <= tolerance + sqrt(eps) * ||b||``: the true residual may drift
+            from the recurrence by rounding, and a solve is not called failed for that.
     """
 
     solution: TreeT

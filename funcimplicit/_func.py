@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import optree
 import torch
 
 __all__ = ["jvp", "vjp"]
@@ -16,9 +17,30 @@ def vjp(fn: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[[Any], tup
     return out[0], out[1]
 
 
+def _classic_forward_ad_active() -> bool:
+    """Whether a ``torch.autograd.forward_ad.dual_level`` (not ``torch.func.jvp``) is open.
+
+    ``torch.func.jvp`` cannot nest inside it ("Nested forward mode AD is not supported").
+    """
+    if torch.autograd.forward_ad._current_level < 0:
+        return False
+    from ._checks import _active_transforms
+
+    return "Jvp" not in _active_transforms()
+
+
 def jvp(
     fn: Callable[..., Any], primals: tuple[Any, ...], tangents: tuple[Any, ...]
 ) -> tuple[Any, Any]:
-    """``fn(*primals)`` and its directional derivative along ``tangents``."""
-    out = torch.func.jvp(fn, primals, tangents)
-    return out[0], out[1]
+    """``fn(*primals)`` and its directional derivative along ``tangents``.
+
+    Inside classic forward-mode AD, where ``torch.func.jvp`` cannot nest, the JVP is
+    obtained by transposing the VJP instead: ``J t = (v -> J^T v)^T t``, two reverse passes.
+    """
+    if not _classic_forward_ad_active():
+        out = torch.func.jvp(fn, primals, tangents)
+        return out[0], out[1]
+    value, pullback = vjp(fn, *primals)
+    zeros = optree.tree_map(torch.zeros_like, value, namespace="torch")
+    _, transpose = vjp(pullback, zeros)
+    return value, transpose(tuple(tangents))[0]

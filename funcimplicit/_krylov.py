@@ -141,7 +141,8 @@ class NormalCG(IterativeSolver):
         rtol = default_rtol(b_leaves[0].dtype) if self.rtol is None else self.rtol
         tolerance = torch.clamp(rtol * _tree.norm(rhs), min=self.atol)
         inner = CG(maxiter=self.maxiter, preconditioner=self.preconditioner)
-        return inner._solve(normal, rhs, init, tolerance)
+        start = None if init is None else _tree.map_leaves(torch.clone, init)
+        return inner._solve(normal, rhs, start, tolerance)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,7 +31,9 @@ def physical(tensor: torch.Tensor) -> torch.Tensor | None:
         functorch = torch._C._functorch
         while functorch.is_functorch_wrapped_tensor(tensor):
             tensor = functorch.get_unwrapped(tensor)
-        if tensor.device.type == "meta" or isinstance(tensor, torch.Tensor) is False:
+        if functorch.is_legacy_batchedtensor(tensor):  # torch._vmap_internals: cannot look
+            return None
+        if tensor.device.type == "meta":
             return None
         return tensor
     except Exception:  # private API changed: treat as unknown, loops run their full count

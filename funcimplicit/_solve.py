@@ -76,7 +76,9 @@ def _run(
         )
     leaves, _ = floating_leaves(init, call, "init")
     rtol, atol = method.tolerances(leaves[0].dtype)
-    inner_init, inner_args = (_detached(init), _detached(args)) if implicit else (init, args)
+    # A fresh start: the result may be the start itself when no iteration is needed.
+    start = _tree.map_leaves(torch.clone, init)
+    inner_init, inner_args = (_detached(start), _detached(args)) if implicit else (start, args)
     checked = [False]
 
     def root(x: Any) -> Any:

@@ -94,6 +94,9 @@ class LinearSolverBase:
         floating_leaves(b, call, "b")
         if init is not None:
             check_same_layout(init, b, call, "init")
+            # The result may be the start itself (no iteration needed): never hand back the
+            # caller's own tensor.
+            init = _tree.map_leaves(torch.clone, init)
         operator = self._operator(matvec, b, call)
         rtol = self._default_rtol(_tree.flatten(b)[0][0].dtype) if self.rtol is None else self.rtol
         b_norm = _tree.norm(b)
@@ -175,14 +178,15 @@ def finish(
 ) -> LinearSolveResult[TreeT]:
     """Assemble a result from the true final residual ``||b - A x||``.
 
-    Converged iff that residual is finite and ``<= tolerance + slack``, and, for methods that
-    track a recurrence residual, the recurrence met the tolerance (``claimed``). The slack
-    absorbs rounding drift between the recurrence and the true residual; an operator that
-    breaks the method's assumptions (CG on a non-symmetric matrix) fails it by far.
+    Converged iff that residual is finite and either meets ``tolerance`` or, for methods
+    that stop on a recurrence residual which met the tolerance (``claimed``), exceeds it by
+    at most ``slack``: the rounding drift between recurrence and true residual. An operator
+    that breaks the method's assumptions (CG on a non-symmetric matrix) fails it by far.
     """
-    converged = torch.isfinite(residual_norm) & (residual_norm <= tolerance + slack)
+    finite = torch.isfinite(residual_norm)
+    converged = finite & (residual_norm <= tolerance)
     if claimed is not None:
-        converged = converged & claimed
+        converged = converged | (finite & claimed & (residual_norm <= tolerance + slack))
     return LinearSolveResult(solution, iterations, residual_norm, tolerance, converged)
 
 

@@ -1,0 +1,22 @@
+"""Test configuration: ``problems`` is importable; hypothesis runs small and reproducibly."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+# Small and deterministic by default (fast, and a failure reproduces on every run);
+# HYPOTHESIS_PROFILE=explore draws many fresh examples.
+settings.register_profile(
+    "default",
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("explore", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
