@@ -15,6 +15,7 @@ from . import _tree
 __all__ = [
     "check_no_captured_tensors",
     "check_same_layout",
+    "derivatives_possible",
     "floating_leaves",
     "is_transformed",
     "refuse_forward_over_forward",
@@ -154,6 +155,12 @@ def check_no_captured_tensors(fn: Callable[..., Any], call: str, name: str) -> N
 
 def _active_transforms() -> list[str]:
     """Names of the active ``torch.func`` transforms, outermost first (private API, guarded)."""
+    names = active_transforms()
+    return [] if names is None else names
+
+
+def active_transforms() -> list[str] | None:
+    """Like :func:`_active_transforms`, but ``None`` when the private API cannot be read."""
     try:
         from torch._functorch import pyfunctorch
 
@@ -161,8 +168,23 @@ def _active_transforms() -> list[str]:
             str(interpreter.key()).rsplit(".", 1)[-1]
             for interpreter in pyfunctorch.retrieve_all_functorch_interpreters()
         ]
-    except Exception:  # the private API moved: no detection rather than a false alarm
-        return []
+    except Exception:  # the private API moved: unknown
+        return None
+
+
+def derivatives_possible() -> bool:
+    """Whether anything may differentiate the code running now.
+
+    False only in plain eager code with grad mode off, no ``torch.func`` transform and no
+    forward-mode dual level (e.g. inside a classic ``.backward()`` without
+    ``create_graph``); then a solve may skip its differentiable rule.
+    """
+    if torch.is_grad_enabled() or torch.autograd.forward_ad._current_level >= 0:
+        return True
+    if torch.compiler.is_compiling():
+        return True
+    names = active_transforms()
+    return names is None or bool(names)
 
 
 def refuse_forward_over_forward(call: str) -> None:

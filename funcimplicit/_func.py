@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import optree
 import torch
+
+from . import _tree
 
 __all__ = ["jvp", "vjp"]
 
@@ -41,6 +42,6 @@ def jvp(
         out = torch.func.jvp(fn, primals, tangents)
         return out[0], out[1]
     value, pullback = vjp(fn, *primals)
-    zeros = optree.tree_map(torch.zeros_like, value, namespace="torch")
+    zeros = _tree.zeros_like(value)
     _, transpose = vjp(pullback, zeros)
     return value, transpose(tuple(tangents))[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,15 @@ from ._solver_base import IterativeSolver, Operator, rounding_slack
 from ._tree import TreeT
 
 __all__ = ["GMRES"]
+
+
+def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum`` without the leading ``0 +`` (one op fewer per call)."""
+    iterator = iter(terms)
+    total = next(iterator)
+    for term in iterator:
+        total = total + term
+    return total
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,13 +94,18 @@ class GMRES(IterativeSolver):
         shapes = [leaf.shape for leaf in leaves]
         dtype = beta.dtype
         eye = torch.eye(m + 1, dtype=dtype, device=beta.device)
+        # the Givens rotation of step j is eye + (c - 1) pairs[j] + s swaps[j]
+        pairs = torch.diag_embed(eye[:-1] + eye[1:]).unbind(0)
+        corner = torch.einsum("ji,jk->jik", eye[:-1], eye[1:])
+        swaps = (corner - corner.mT).unbind(0)
+        rows = eye.unbind(0)
+        columns = eye.unsqueeze(-1).unbind(0)  # e_k as an (m + 1, 1) column
         # basis[k] holds the k-th Krylov vector's leaf, flattened: shape (m + 1, leaf.numel())
         v0 = [safe_div(torch.ones_like(beta), beta) * leaf.reshape(-1) for leaf in leaves]
         basis = [eye[0][:, None] * v[None, :] for v in v0]
         rotations = eye  # Q^T: the product of the Givens rotations so far
-        upper = (
-            torch.zeros(m + 1, m, dtype=dtype, device=beta.device) * beta
-        )  # R, batched like beta
+        # R (batched like beta)
+        upper = torch.zeros(m + 1, m, dtype=dtype, device=beta.device) * beta
         g = beta * eye[0]  # Q^T (beta e_0); |g[j + 1]| is the residual estimate after step j
         steps = torch.zeros_like(iterations)
         inner_done = done | (iterations >= maxiter)
@@ -104,30 +119,31 @@ class GMRES(IterativeSolver):
                 spec, [q[j].reshape(s) for q, s in zip(basis, shapes, strict=True)]
             )
             w = [leaf.reshape(-1) for leaf in _tree.flatten(operator(self._precondition(v_j)))[0]]
-            h = torch.zeros(m + 1, dtype=dtype, device=beta.device)
+            h: torch.Tensor | None = None
             for _ in range(2):
-                coeffs = sum(q @ wl for q, wl in zip(basis, w, strict=True))
+                coeffs = _sum(q @ wl for q, wl in zip(basis, w, strict=True))
                 w = [wl - coeffs @ q for q, wl in zip(basis, w, strict=True)]
-                h = h + coeffs
-            w_norm = torch.sqrt(sum(torch.sum(wl * wl) for wl in w))  # type: ignore[arg-type]
-            h = h + w_norm * eye[j + 1]
+                h = coeffs if h is None else h + coeffs
+            w_norm = torch.sqrt(_sum(torch.sum(wl * wl) for wl in w))
+            assert h is not None
+            h = torch.addcmul(h, w_norm, rows[j + 1])
             scale = safe_div(torch.ones_like(w_norm), w_norm)
             if status != NONE_DONE:
-                scale = torch.where(active, scale, 0.0)  # frozen elements add no basis vector
+                scale = scale.masked_fill(~active, 0)  # frozen elements add no basis vector
             basis = [
-                q + eye[j + 1][:, None] * (scale * wl)[None, :]
-                for q, wl in zip(basis, w, strict=True)
+                torch.addcmul(q, columns[j + 1], scale * wl) for q, wl in zip(basis, w, strict=True)
             ]
             # Givens rotation G zeroing entry j + 1 of the rotated column u = Q^T h:
             # G acts on rows (j, j+1) as [[c, s], [-s, c]], c = u_j / rho, s = u_{j+1} / rho.
             u = rotations @ h
-            rho = torch.hypot(u[j], u[j + 1])
-            c = torch.where(rho == 0, 1.0, safe_div(u[j], rho))
-            s = safe_div(u[j + 1], rho)
-            pair = eye[j][:, None] * eye[j][None, :] + eye[j + 1][:, None] * eye[j + 1][None, :]
-            swap = eye[j][:, None] * eye[j + 1][None, :] - eye[j + 1][:, None] * eye[j][None, :]
-            givens = eye + (c - 1) * pair + s * swap
-            new_upper = upper + (givens @ u)[:, None] * eye[j][None, :m]
+            u_j, u_next = u[j], u[j + 1]
+            rho = torch.hypot(u_j, u_next)
+            vanished = rho == 0
+            safe_rho = rho.masked_fill(vanished, 1)
+            c = (u_j / safe_rho).masked_fill(vanished, 1)
+            s = u_next / safe_rho
+            givens = torch.addcmul(torch.addcmul(eye, c - 1, pairs[j]), s, swaps[j])
+            new_upper = torch.addcmul(upper, (givens @ u)[:, None], rows[j][:m])
             new_rotations = givens @ rotations
             new_g = givens @ g
             if status == NONE_DONE:
@@ -138,9 +154,9 @@ class GMRES(IterativeSolver):
                 rotations = torch.where(active, new_rotations, rotations)
                 g = torch.where(active, new_g, g)
                 steps = steps + active.to(torch.int64)
-            estimate = torch.abs(g[j + 1])
-            inner_done = inner_done | (estimate <= tolerance) | (iterations + steps >= maxiter)
-            inner_done = inner_done | ~torch.isfinite(estimate)
+            # stop on a met (or NaN) estimate, or the iteration budget
+            met = torch.logical_not(torch.abs(g[j + 1]) > tolerance)
+            inner_done = inner_done | met | (iterations + steps >= maxiter)
         # Minimize ||beta e_0 - H y|| over the steps taken: R y = g on the used columns; unused
         # columns get a unit diagonal and zero right-hand side, so their y is 0.
         used = torch.arange(m, device=beta.device) < steps

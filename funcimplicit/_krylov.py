@@ -25,10 +25,6 @@ def _start(operator: Operator, b: TreeT, init: TreeT | None) -> tuple[TreeT, Tre
     return init, _tree.sub(b, operator(init))
 
 
-def _finished(residual_norm: torch.Tensor, tolerance: torch.Tensor) -> torch.Tensor:
-    return (residual_norm <= tolerance) | ~torch.isfinite(residual_norm)
-
-
 @dataclass(frozen=True, kw_only=True)
 class CG(IterativeSolver):
     """Conjugate gradient for symmetric positive definite ``A`` (e.g. a Hessian).
@@ -58,36 +54,41 @@ class CG(IterativeSolver):
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
         x, r = _start(operator, b, init)
+        preconditioned = self.preconditioner is not None
         z = self._precondition(r)
         rz = _tree.vdot(r, z)
-        r_norm = _tree.norm(r)
+        rr = _tree.vdot(r, r) if preconditioned else rz
+        tol2 = tolerance * tolerance
 
         # x += alpha p, r -= alpha A p with alpha = <r, z> / <p, A p>;
         # p <- z + beta p with beta = <r', z'> / <r, z>   (z = M r, M the preconditioner).
+        # Stop when ||r||^2 <= tol^2, or NaN (the negated ">" is true for NaN), or
+        # p^T A p <= 0: A is not positive definite along p (reported by the final check).
         def step(state: Any) -> tuple[Any, torch.Tensor]:
             x, r, p, rz, _ = state
             ap = operator(p)
             p_ap = _tree.vdot(p, ap)
             alpha = safe_div(rz, p_ap)
             x = _tree.axpy(alpha, p, x)
-            r = _tree.axpy(-alpha, ap, r)
+            r = _tree.map_leaves(lambda ri, api: torch.addcmul(ri, alpha, api, value=-1), r, ap)
             z = self._precondition(r)
             rz_next = _tree.vdot(r, z)
+            rr = _tree.vdot(r, r) if preconditioned else rz_next
             p = _tree.axpy(safe_div(rz_next, rz), p, z)
-            r_norm = _tree.norm(r)
-            # p^T A p <= 0 means A is not positive definite along p: stop, report failure.
-            return (x, r, p, rz_next, r_norm), _finished(r_norm, tolerance) | (p_ap <= 0)
+            finished = torch.logical_not(rr > tol2) | (p_ap <= 0)
+            return (x, r, p, rz_next, rr), finished
 
-        state = (x, r, z, rz, r_norm)
-        state, iterations, _ = iterate(step, state, _finished(r_norm, tolerance), self._maxiter(b))
-        x, _, _, _, r_norm = state
+        state = (x, r, z, rz, rr)
+        done = torch.logical_not(rr > tol2)
+        state, iterations, _ = iterate(step, state, done, self._maxiter(b))
+        x, _, _, _, rr = state
         true_norm = _tree.norm(_tree.sub(b, operator(x)))
         return finish(
             x,
             iterations,
             true_norm,
             tolerance,
-            claimed=r_norm <= tolerance,
+            claimed=rr <= tol2,
             slack=rounding_slack(b),
         )
 
@@ -165,42 +166,47 @@ class BiCGStab(IterativeSolver):
     ) -> LinearSolveResult[Any]:
         x, r = _start(operator, b, init)
         r_hat = r  # the shadow residual, fixed
-        r_norm = _tree.norm(r)
-        one = torch.ones_like(r_norm)
+        rr = _tree.vdot(r, r)
+        tol2 = tolerance * tolerance
+        one = torch.ones_like(rr)
         zero_tree = _tree.zeros_like(b)
+
+        def minus(a: Any, coeff: torch.Tensor, c: Any) -> Any:  # a - coeff * c
+            return _tree.map_leaves(lambda ai, ci: torch.addcmul(ai, coeff, ci, value=-1), a, c)
 
         def step(state: Any) -> tuple[Any, torch.Tensor]:
             x, r, p, v, rho, alpha, omega, _ = state
             rho_next = _tree.vdot(r_hat, r)
             # p <- r + beta (p - omega v), beta = (rho'/rho)(alpha/omega)
             beta = safe_div(rho_next, rho) * safe_div(alpha, omega)
-            p = _tree.add(r, _tree.scale(beta, _tree.axpy(-omega, v, p)))
+            p = _tree.axpy(beta, minus(p, omega, v), r)
             p_hat = self._precondition(p)
             v = operator(p_hat)
             r_hat_v = _tree.vdot(r_hat, v)
             alpha = safe_div(rho_next, r_hat_v)
-            s = _tree.axpy(-alpha, v, r)
-            s_done = _tree.norm(s) <= tolerance  # half step already converged: omega = 0
+            s = minus(r, alpha, v)
+            s_done = torch.logical_not(_tree.vdot(s, s) > tol2)  # converged at the half step
             s_hat = self._precondition(s)
             t = operator(s_hat)
-            omega = torch.where(s_done, 0.0, safe_div(_tree.vdot(t, s), _tree.vdot(t, t)))
+            omega = safe_div(_tree.vdot(t, s), _tree.vdot(t, t)).masked_fill(s_done, 0)
             x = _tree.axpy(omega, s_hat, _tree.axpy(alpha, p_hat, x))
-            r = _tree.axpy(-omega, t, s)
-            r_norm = _tree.norm(r)
+            r = minus(s, omega, t)
+            rr = _tree.vdot(r, r)
             breakdown = (rho_next == 0) | (r_hat_v == 0) | ((omega == 0) & ~s_done)
-            finished = _finished(r_norm, tolerance) | breakdown
-            return (x, r, p, v, rho_next, alpha, omega, r_norm), finished
+            finished = torch.logical_not(rr > tol2) | breakdown
+            return (x, r, p, v, rho_next, alpha, omega, rr), finished
 
-        state = (x, r, zero_tree, zero_tree, one, one, one, r_norm)
-        state, iterations, _ = iterate(step, state, _finished(r_norm, tolerance), self._maxiter(b))
-        x, r_norm = state[0], state[-1]
+        state = (x, r, zero_tree, zero_tree, one, one, one, rr)
+        done = torch.logical_not(rr > tol2)
+        state, iterations, _ = iterate(step, state, done, self._maxiter(b))
+        x, rr = state[0], state[-1]
         true_norm = _tree.norm(_tree.sub(b, operator(x)))
         return finish(
             x,
             iterations,
             true_norm,
             tolerance,
-            claimed=r_norm <= tolerance,
+            claimed=rr <= tol2,
             slack=rounding_slack(b),
         )
 
@@ -233,18 +239,18 @@ class Neumann(IterativeSolver):
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
         x, r = _start(operator, b, init)
-        r_norm = _tree.norm(r)
+        rr = _tree.vdot(r, r)
+        tol2 = tolerance * tolerance
 
-        # x <- x + M r, r = b - A x
+        # x <- x + M r, r = b - A x  (stop on ||r||^2 <= tol^2 or NaN)
         def step(state: Any) -> tuple[Any, torch.Tensor]:
             x, r, _ = state
             x = _tree.add(x, self._precondition(r))
             r = _tree.sub(b, operator(x))
-            r_norm = _tree.norm(r)
-            return (x, r, r_norm), _finished(r_norm, tolerance)
+            rr = _tree.vdot(r, r)
+            return (x, r, rr), torch.logical_not(rr > tol2)
 
-        state, iterations, _ = iterate(
-            step, (x, r, r_norm), _finished(r_norm, tolerance), self._maxiter(b)
-        )
-        x, _, r_norm = state
-        return finish(x, iterations, r_norm, tolerance)
+        done = torch.logical_not(rr > tol2)
+        state, iterations, _ = iterate(step, (x, r, rr), done, self._maxiter(b))
+        x, _, rr = state
+        return finish(x, iterations, torch.sqrt(rr), tolerance)

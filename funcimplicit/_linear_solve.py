@@ -19,14 +19,15 @@ from . import _func, _tree
 from ._checks import (
     check_no_captured_tensors,
     check_same_layout,
+    derivatives_possible,
     floating_leaves,
     refuse_forward_over_forward,
 )
-from ._convergence import report
+from ._convergence import LinearSolveResult, report
 from ._gmres import GMRES
 from ._krylov import CG, NormalCG
 from ._packing import ArgsLayout, TensorPool, TreeLayout
-from ._solver_base import LinearSolverBase
+from ._solver_base import LinearSolverBase, default_rtol, rounding_slack
 from ._tree import TensorTree, TreeT
 
 __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
@@ -65,6 +66,26 @@ class LinearProblem:
         return lambda v: self.matvec(v, *args)
 
 
+def _run(
+    solver: LinearSolverBase, operator: Callable[[Any], Any], rhs: Any, init: Any
+) -> LinearSolveResult[Any]:
+    """``solver.run``, judged on the square system ``A x = rhs`` these rules solve.
+
+    NormalCG alone judges its result by the normal equations, which a singular square system
+    satisfies at a wrong ``x`` (``A^T b = 0`` gives ``x = 0`` with zero tolerance): here its
+    true residual must also meet the tolerance, as for every other solver.
+    """
+    result = solver.run(operator, rhs, init)
+    if not isinstance(solver, NormalCG) or solver.ridge:
+        return result
+    dtype = _tree.flatten(rhs)[0][0].dtype
+    rtol = default_rtol(dtype) if solver.rtol is None else solver.rtol
+    tolerance = torch.clamp(rtol * _tree.norm(rhs), min=solver.atol)
+    residual = _tree.norm(_tree.sub(rhs, operator(result.solution)))
+    converged = result.converged & (residual <= tolerance + rounding_slack(rhs))
+    return LinearSolveResult(result.solution, result.iterations, residual, tolerance, converged)
+
+
 def _transpose_apply(matvec: Callable[..., Any], v: Any, args: tuple[Any, ...]) -> Any:
     # A^T v is the VJP of the linear map z -> A z (at any point, here 0) with cotangent v.
     _, pullback = _func.vjp(lambda z: matvec(z, *args), _tree.zeros_like(v))
@@ -81,7 +102,7 @@ class _LinearSolveFunction(torch.autograd.Function):
         rhs = problem.rhs.rebuild(tensors)
         init = None if problem.init is None else problem.init.rebuild(tensors)
         args = problem.args.rebuild(tensors)
-        result = problem.solver.run(problem.operator(rhs, args), rhs, init)
+        result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
         report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
         leaves, _ = _tree.flatten(result.solution)
         ids = {id(t) for t in tensors}
@@ -162,7 +183,15 @@ class _LinearSolveFunction(torch.autograd.Function):
 
 
 def solve_tree(problem: LinearProblem, rhs: Any, args: tuple[Any, ...], init: Any = None) -> Any:
-    """Solve ``problem`` for ``rhs`` through the differentiable rule; return the solution tree."""
+    """Solve ``problem`` for ``rhs`` through the differentiable rule; return the solution tree.
+
+    Where nothing can differentiate the result (a classic ``.backward()`` without
+    ``create_graph``), the solver runs directly, without the rule's packing.
+    """
+    if not derivatives_possible():
+        result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
+        report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
+        return result.solution
     pool = TensorPool()
     rhs_layout = pool.add_tree(rhs)
     init_layout = None if init is None else pool.add_tree(init)
@@ -230,7 +259,9 @@ def linear_solve(
         raise TypeError(f"{call}: matvec must be callable; received {type(matvec).__name__}.")
     check_no_captured_tensors(matvec, call, "matvec")
     floating_leaves(b, call, "b")
-    if isinstance(solver, NormalCG):
+    square = init is None or _same_shapes(init, b)
+    if isinstance(solver, NormalCG) and (solver.ridge or not square):
+        # Least squares or Tikhonov: the solution solves the normal equations, not A x = b.
         like = b if init is None else init
         floating_leaves(like, call, "init")
         # Least squares via the normal equations: x = (A^T A + ridge I)^{-1} A^T b. A^T b
@@ -249,6 +280,15 @@ def linear_solve(
     if init is not None:
         check_same_layout(init, b, call, "init")
     return _solve_checked(matvec, b, args, solver, init, call)  # type: ignore[no-any-return]
+
+
+def _same_shapes(a: Any, b: Any) -> bool:
+    leaves_a, spec_a = _tree.flatten(a)
+    leaves_b, spec_b = _tree.flatten(b)
+    return spec_a == spec_b and all(
+        getattr(x, "shape", None) == getattr(y, "shape", None)
+        for x, y in zip(leaves_a, leaves_b, strict=True)
+    )
 
 
 def _solve_checked(

@@ -52,9 +52,11 @@ def all_true(flag: torch.Tensor) -> bool:
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``num / den`` with 0 where ``den == 0`` (no NaN, also in the unused branch's gradient)."""
-    nonzero = den != 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), 0.0)
+    """``num / den``, with ``den == 0`` replaced by 1 (so ``0 / 0`` gives 0, never NaN).
+
+    Where ``den`` vanishes because the element is finished, ``num`` vanishes too.
+    """
+    return num / den.masked_fill(den == 0, 1)
 
 
 #: Answers of :func:`progress`.
@@ -75,6 +77,8 @@ def progress(done: torch.Tensor) -> str:
     if plain is None:
         return UNKNOWN
     try:
+        if plain.numel() == 1:  # one problem: a single read
+            return ALL_DONE if bool(plain) else NONE_DONE
         count = int(plain.sum())
     except Exception:  # a fake or symbolic tensor
         return UNKNOWN
@@ -100,6 +104,7 @@ def iterate(
         ``(state, iterations, done)`` with per-element iteration counts (int64).
     """
     iterations = torch.zeros_like(done, dtype=torch.int64)
+    shared = 0  # iterations in which every element was active: added to all at the end
     for _ in range(maxiter):
         status = progress(done)
         if status == ALL_DONE:
@@ -107,10 +112,10 @@ def iterate(
         new_state, finished = step(state)
         if status == NONE_DONE:  # nobody to freeze: skip the where (it would be an identity)
             state, done = new_state, finished
-            iterations = iterations + 1
+            shared += 1
         else:
             active = ~done
             state = _tree.where(active, new_state, state)
             done = done | finished
             iterations = iterations + active.to(torch.int64)
-    return state, iterations, done
+    return state, iterations + shared if shared else iterations, done

@@ -23,7 +23,14 @@ R = TypeVar("R")
 def _normalize_argnums(argnums: int | Sequence[int] | None, call: str) -> tuple[int, ...] | None:
     if argnums is None:
         return None
-    items = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if isinstance(argnums, int):
+        items: tuple[Any, ...] = (argnums,)
+    elif isinstance(argnums, Sequence) and not isinstance(argnums, str):
+        items = tuple(argnums)
+    else:
+        raise TypeError(
+            f"{call}: argnums must be an int, a sequence of ints or None; received {argnums!r}."
+        )
     for k in items:
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"{call}: argnums must be ints; received {argnums!r}.")

@@ -1,9 +1,9 @@
 """Vector-space operations on pytrees of tensors, shared by every solver.
 
-A pytree here is any optree structure (tuples, lists, dicts, namedtuples, torch-registered
-nodes) whose leaves are tensors. Krylov methods see such a tree as one long vector: inner
-products and norms run over all leaves jointly. Nothing here reads a tensor's value on the
-host, so every function is safe under ``torch.func`` transforms and ``torch.compile``.
+A pytree here is any optree structure (tuples, lists, dicts, namedtuples, and types
+registered with optree) whose leaves are tensors. Krylov methods see such a tree as one long
+vector: inner products and norms run over all leaves jointly. Nothing here reads a tensor's
+value on the host, so every function is safe under ``torch.func`` transforms and ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ __all__ = [
 TensorTree: TypeAlias = torch.Tensor | Sequence["TensorTree"] | Mapping[Any, "TensorTree"]
 TreeT = TypeVar("TreeT", bound=TensorTree)
 
-_NAMESPACE = "torch"
+# optree's default namespace: dict keys always sorted. (The "torch" namespace changes how
+# dicts flatten once torch.utils._cxx_pytree is imported, which torch does lazily.)
+_NAMESPACE = ""
 
 
 def flatten(tree: Any) -> tuple[list[Any], PyTreeSpec]:
@@ -57,7 +59,9 @@ def structure(tree: Any) -> PyTreeSpec:
 
 
 def map_leaves(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    """Apply ``fn`` leafwise over trees of one structure."""
+    """Apply ``fn`` leafwise over trees of one structure (a bare tensor: a direct call)."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree, *rest)
     return optree.tree_map(fn, tree, *rest, namespace=_NAMESPACE)
 
 
@@ -77,8 +81,10 @@ def scale(alpha: torch.Tensor | float, a: TreeT) -> TreeT:
 
 
 def axpy(alpha: torch.Tensor | float, x: TreeT, y: TreeT) -> TreeT:
-    """``alpha * x + y`` leafwise."""
-    return map_leaves(lambda xi, yi: yi + alpha * xi, x, y)  # type: ignore[no-any-return]
+    """``alpha * x + y`` leafwise (one fused ``addcmul`` per leaf for a tensor ``alpha``)."""
+    if isinstance(alpha, torch.Tensor):
+        return map_leaves(lambda xi, yi: torch.addcmul(yi, alpha, xi), x, y)  # type: ignore[no-any-return]
+    return map_leaves(lambda xi, yi: torch.add(yi, xi, alpha=alpha), x, y)  # type: ignore[no-any-return]
 
 
 def zeros_like(a: TreeT) -> TreeT:
@@ -91,13 +97,21 @@ def where(cond: torch.Tensor, a: TreeT, b: TreeT) -> TreeT:
     return map_leaves(lambda ai, bi: torch.where(cond, ai, bi), a, b)  # type: ignore[no-any-return]
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # sum(a * b), not torch.dot: under vmap, dot becomes a batched kernel that rounds
+    # differently, and a stopping decision must not depend on whether it is batched.
+    return torch.sum(a * b)
+
+
 def vdot(a: TensorTree, b: TensorTree) -> torch.Tensor:
     """Inner product over all leaves jointly: ``sum_leaves sum(a_i * b_i)`` (a 0-d tensor)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return _dot(a, b)
     leaves_a, _ = flatten(a)
     leaves_b, _ = flatten(b)
-    total = torch.sum(leaves_a[0] * leaves_b[0])
+    total = _dot(leaves_a[0], leaves_b[0])
     for ai, bi in zip(leaves_a[1:], leaves_b[1:], strict=True):
-        total = total + torch.sum(ai * bi)
+        total = total + _dot(ai, bi)
     return total
 
 
