@@ -11,7 +11,7 @@ import torch
 
 from . import _tree
 from ._convergence import LinearSolveResult
-from ._loop import ALL_DONE, NONE_DONE, progress, safe_div
+from ._loop import ALL_DONE, NONE_DONE, progress, safe_div, safe_sqrt
 from ._solver_base import IterativeSolver, Operator, rounding_slack
 from ._tree import TreeT
 
@@ -124,7 +124,7 @@ class GMRES(IterativeSolver):
                 coeffs = _sum(q @ wl for q, wl in zip(basis, w, strict=True))
                 w = [wl - coeffs @ q for q, wl in zip(basis, w, strict=True)]
                 h = coeffs if h is None else h + coeffs
-            w_norm = torch.sqrt(_sum(torch.sum(wl * wl) for wl in w))
+            w_norm = safe_sqrt(_sum(torch.sum(wl * wl) for wl in w))
             assert h is not None
             h = torch.addcmul(h, w_norm, rows[j + 1])
             scale = safe_div(torch.ones_like(w_norm), w_norm)
@@ -137,7 +137,7 @@ class GMRES(IterativeSolver):
             # G acts on rows (j, j+1) as [[c, s], [-s, c]], c = u_j / rho, s = u_{j+1} / rho.
             u = rotations @ h
             u_j, u_next = u[j], u[j + 1]
-            rho = torch.hypot(u_j, u_next)
+            rho = safe_sqrt(u_j * u_j + u_next * u_next)
             vanished = rho == 0
             safe_rho = rho.masked_fill(vanished, 1)
             c = (u_j / safe_rho).masked_fill(vanished, 1)

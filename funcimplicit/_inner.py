@@ -73,8 +73,10 @@ class InnerProblem:
         return torch.clamp(self.rtol * _tree.norm(x), min=self.atol)
 
     def finished(self, residual_norm: torch.Tensor, x: TensorTree) -> torch.Tensor:
-        """Converged, or not finite (no point iterating on NaN)."""
-        return (residual_norm <= self.tolerance(x)) | ~torch.isfinite(residual_norm)
+        """Converged, or not finite (no point iterating on NaN or Inf)."""
+        tolerance = self.tolerance(x)
+        # An overflowing ||x|| makes the tolerance Inf, which would accept any residual.
+        return (residual_norm <= tolerance) | ~torch.isfinite(residual_norm * tolerance)
 
 
 def classify(
@@ -84,10 +86,10 @@ def classify(
     problem: InnerProblem,
 ) -> Solution[TreeT]:
     """Assemble a :class:`Solution` with per-element status codes."""
-    finite = torch.isfinite(residual_norm)
+    tolerance = problem.tolerance(x)
+    finite = torch.isfinite(residual_norm) & torch.isfinite(tolerance)
     for leaf in _tree.flatten(x)[0]:
         finite = finite & torch.isfinite(leaf).all()
-    tolerance = problem.tolerance(x)
     converged = finite & (residual_norm <= tolerance)
     status = torch.where(
         converged,

@@ -16,7 +16,7 @@ import torch
 
 from . import _tree
 
-__all__ = ["all_true", "iterate", "physical", "progress", "safe_div"]
+__all__ = ["all_true", "iterate", "physical", "progress", "safe_div", "safe_sqrt"]
 
 
 def physical(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -49,6 +49,12 @@ def all_true(flag: torch.Tensor) -> bool:
         return bool(plain.all())
     except Exception:  # e.g. a fake or symbolic tensor: unknown
         return False
+
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(x)`` whose derivative at ``x = 0`` is 0 rather than NaN (for unrolled autograd)."""
+    zero = x == 0
+    return torch.sqrt(x.masked_fill(zero, 1)).masked_fill(zero, 0)
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,9 @@ class Broyden(InnerMethod):
     """Limited-memory ("good") Broyden method for ``T(x) = 0``.
 
     Approximates the inverse Jacobian as ``H = scale * I + sum_i u_i v_i^T`` (at most
-    ``memory`` terms; the oldest is overwritten) and steps ``x <- x - H T(x)``. After a step
-    ``dx`` with ``df = T(x + dx) - T(x)``:  ``H <- H + (dx - H df)(dx^T H) / (dx^T H df)``.
+    ``memory`` terms; when full, it restarts from ``scale * I``) and steps
+    ``x <- x - H T(x)``. After a step ``dx`` with ``df = T(x + dx) - T(x)``:
+    ``H <- H + (dx - H df)(dx^T H) / (dx^T H df)``.
     An update with a vanishing denominator is skipped. ``scale = 1`` suits fixed points
     (``T = x - F(x)`` has Jacobian ``I - dF/dx``).
 
@@ -87,6 +88,10 @@ class Broyden(InnerMethod):
             ) * torch.linalg.vector_norm(h_df)
             u = torch.where(usable, safe_div(torch.ones_like(denom), denom), 0.0) * (dx - h_df)
             v = h_t(dx)
+            if k > 0 and k % m == 0:
+                # Memory full: restart from H = scale * I. (Overwriting the oldest term
+                # instead leaves terms built against an inverse that included it: diverges.)
+                us, vs = us * 0, vs * 0
             slot = eye[k % m][:, None]
             us = us * (1 - slot) + slot * u[None, :]
             vs = vs * (1 - slot) + slot * v[None, :]

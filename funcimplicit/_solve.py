@@ -53,17 +53,39 @@ def _detached(tree: Any) -> Any:
     return _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, tree)
 
 
+class _CheckedOnce:
+    """The user's function, its first output checked: shaped like ``x``, or a scalar loss."""
+
+    def __init__(self, fn: Callable[..., Any], call: str, what: str, scalar: bool) -> None:
+        self.fn, self.call, self.what, self.scalar = fn, call, what, scalar
+        self.checked = False
+
+    def __call__(self, x: Any, *args: Any) -> Any:
+        out = self.fn(x, *args)
+        if not self.checked:
+            if not self.scalar:
+                check_same_layout(out, x, self.call, f"{self.what}(x, *args)", "init")
+            elif not (isinstance(out, torch.Tensor) and out.dim() == 0):
+                got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out)
+                raise ValueError(
+                    f"{self.call}: expected {self.what}(x, *args) to return a scalar (0-d) "
+                    f"tensor; received {got}. Reduce it, e.g. with .sum() or .mean()."
+                )
+            self.checked = True
+        return out
+
+
 def _run(
     call: str,
-    root_fn: Callable[..., Any],
-    fixed_point_fn: Callable[..., Any],
-    objective: Callable[..., torch.Tensor] | None,
+    kind: str,
+    fn: Callable[..., Any],
     init: TreeT,
     args: tuple[Any, ...],
     method: InnerMethod,
     solve: LinearSolverBase,
     implicit: bool,
 ) -> Solution[TreeT]:
+    """Run ``method`` on the problem ``fn`` defines (``kind``: fixed_point, root, minimize)."""
     if not isinstance(method, InnerMethod):
         raise TypeError(
             f"{call}: method must be an inner solver such as fi.Anderson() or fi.Newton(); "
@@ -79,25 +101,28 @@ def _run(
     # A fresh start: the result may be the start itself when no iteration is needed.
     start = _tree.map_leaves(torch.clone, init)
     inner_init, inner_args = (_detached(start), _detached(args)) if implicit else (start, args)
-    checked = [False]
 
-    def root(x: Any) -> Any:
-        out = root_fn(x, *inner_args)
-        if not checked[0]:
-            check_same_layout(out, x, call, "the function's output", "init")
-            checked[0] = True
-        return out
-
-    def fixed_point(x: Any) -> Any:
-        out = fixed_point_fn(x, *inner_args)
-        if not checked[0]:
-            check_same_layout(out, x, call, "the function's output", "init")
-            checked[0] = True
-        return out
+    names = {"fixed_point": "fixed_point_fn", "root": "root_fn", "minimize": "objective"}
+    checked = _CheckedOnce(fn, call, names[kind], scalar=kind == "minimize")
+    objective: Callable[..., Any] | None = None
+    fixed_point_fn: Callable[..., Any]
+    root_fn: Callable[..., Any]
+    rule: Callable[..., Any]  # T(x, *args) for the implicit rule: the user's own function
+    if kind == "fixed_point":
+        fixed_point_fn, root_fn, rule = (
+            checked,
+            _FixedPointResidual(checked),
+            _FixedPointResidual(fn),
+        )
+    elif kind == "root":
+        root_fn, fixed_point_fn, rule = checked, _RootAsFixedPoint(checked), fn
+    else:
+        objective, root_fn, rule = checked, _Stationarity(checked), _Stationarity(fn)
+        fixed_point_fn = _RootAsFixedPoint(root_fn)
 
     problem = InnerProblem(
-        root=root,
-        fixed_point=fixed_point,
+        root=lambda x: root_fn(x, *inner_args),
+        fixed_point=lambda x: fixed_point_fn(x, *inner_args),
         objective=None if objective is None else (lambda x: objective(x, *inner_args)),
         rtol=rtol,
         atol=atol,
@@ -112,7 +137,7 @@ def _run(
     )
     if not implicit:
         return result
-    value = attach(root_fn, result.value, args, range(len(args)), solve, call)
+    value = attach(rule, result.value, args, range(len(args)), solve, call)
     return replace(result, value=value)
 
 
@@ -154,12 +179,10 @@ def solve_fixed_point(
         True
     """
     check_no_captured_tensors(fixed_point_fn, "solve_fixed_point", "fixed_point_fn")
-    root_fn = _FixedPointResidual(fixed_point_fn)
     return _run(
         "solve_fixed_point(fixed_point_fn, init, *args)",
-        root_fn,
+        "fixed_point",
         fixed_point_fn,
-        None,
         init,
         args,
         Anderson() if method is None else method,
@@ -204,9 +227,8 @@ def solve_root(
     check_no_captured_tensors(root_fn, "solve_root", "root_fn")
     return _run(
         "solve_root(root_fn, init, *args)",
+        "root",
         root_fn,
-        _RootAsFixedPoint(root_fn),
-        None,
         init,
         args,
         Newton() if method is None else method,
@@ -252,11 +274,9 @@ def minimize(
         tensor(-0.5000, dtype=torch.float64)
     """
     check_no_captured_tensors(objective, "minimize", "objective")
-    stationarity = _Stationarity(objective)
     return _run(
         "minimize(objective, init, *args)",
-        stationarity,
-        _RootAsFixedPoint(stationarity),
+        "minimize",
         objective,
         init,
         args,
