@@ -44,6 +44,14 @@ def _jacobian_t_matvec(fn: Callable[..., Any]) -> Callable[..., Any]:
     return matvec
 
 
+def _jacobian_linearize(fn: Callable[..., Any]) -> Callable[..., Callable[[Any], Any]]:
+    # s -> A s, set up once per solve (see _func.linearize)
+    def linearize(theta: Any, *args: Any) -> Callable[[Any], Any]:
+        return _func.linearize(lambda th: fn(th, *args), theta)
+
+    return linearize
+
+
 def _jacobian_t_linearize(fn: Callable[..., Any]) -> Callable[..., Callable[[Any], Any]]:
     # The VJP's forward pass (T at the solution) runs once per solve, not once per iteration.
     def linearize(theta: Any, *args: Any) -> Callable[[Any], Any]:
@@ -112,7 +120,10 @@ def _jvp_core(
     )
     check_same_layout(out, solution, label, "optimality_fn(solution, *args)", "the solution")
     problem = LinearProblem(
-        _jacobian_matvec(fn), solve, f"{label} (the linear solve A s = -B t of forward mode)"
+        _jacobian_matvec(fn),
+        solve,
+        f"{label} (the linear solve A s = -B t of forward mode)",
+        linearize=_jacobian_linearize(fn),
     )
     return solve_tree(problem, _tree.scale(-1.0, b_t), (solution, *args))
 

@@ -178,10 +178,12 @@ class Newton(InnerMethod):
         def step(state: Any) -> tuple[Any, torch.Tensor]:
             x, t, _ = state
 
-            # J s = -T(x), J v = d/de T(x + e v)
-            def jacobian(v: Any) -> Any:
-                return _func.jvp(problem.root, (x,), (v,))[1]
-
+            # J s = -T(x), J v = d/de T(x + e v); a Hessian (minimizing) is its own transpose
+            if minimizing:
+                _, pullback = _func.vjp(problem.root, x)
+                jacobian = lambda v: pullback(v)[0]  # noqa: E731
+            else:
+                jacobian = _func.linearize(problem.root, x)
             s = self.solve.run(jacobian, _tree.scale(-1.0, t)).solution
             if self.backtracking:
                 # slope of the merit along s: grad(L) . s, or -||T||^2 for the exact step
