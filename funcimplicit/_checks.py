@@ -18,6 +18,7 @@ __all__ = [
     "derivatives_possible",
     "floating_leaves",
     "is_transformed",
+    "may_mutate",
     "refuse_forward_over_forward",
 ]
 
@@ -185,6 +186,22 @@ def derivatives_possible() -> bool:
         return True
     names = active_transforms()
     return names is None or bool(names)
+
+
+def may_mutate(*tensors: torch.Tensor) -> bool:
+    """Whether a solver may update work buffers derived from ``tensors`` in place.
+
+    Only where nothing records the computation: no forward AD, no ``grad`` or ``jvp``
+    transform (``vmap`` alone is fine), not compiling, and either grad mode off or none of
+    ``tensors`` requiring grad. Elsewhere autograd could have saved a buffer for a backward
+    pass, so updates stay out of place.
+    """
+    if torch.autograd.forward_ad._current_level >= 0 or torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    names = active_transforms()
+    return names is not None and all(name == "Vmap" for name in names)
 
 
 def refuse_forward_over_forward(call: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from . import _tree
+from ._checks import may_mutate
 from ._convergence import LinearSolveResult
 from ._loop import ALL_DONE, NONE_DONE, progress, safe_div, safe_sqrt
 from ._solver_base import IterativeSolver, Operator, rounding_slack
@@ -108,6 +109,7 @@ class GMRES(IterativeSolver):
         upper = torch.zeros(m + 1, m, dtype=dtype, device=beta.device) * beta
         g = beta * eye[0]  # Q^T (beta e_0); |g[j + 1]| is the residual estimate after step j
         steps = torch.zeros_like(iterations)
+        mutable: bool | None = None  # decided at the first matvec of the cycle
         inner_done = done | (iterations >= maxiter)
         for j in range(m):
             status = progress(inner_done)
@@ -120,19 +122,37 @@ class GMRES(IterativeSolver):
             )
             w = [leaf.reshape(-1) for leaf in _tree.flatten(operator(self._precondition(v_j)))[0]]
             h: torch.Tensor | None = None
+            # against the rows built so far only (the rest are zero)
+            built = [q[: j + 1] for q in basis]
             for _ in range(2):
-                coeffs = _sum(q @ wl for q, wl in zip(basis, w, strict=True))
-                w = [wl - coeffs @ q for q, wl in zip(basis, w, strict=True)]
+                coeffs = _sum(q @ wl for q, wl in zip(built, w, strict=True))
+                w = [wl - coeffs @ q for q, wl in zip(built, w, strict=True)]
                 h = coeffs if h is None else h + coeffs
             w_norm = safe_sqrt(_sum(torch.sum(wl * wl) for wl in w))
             assert h is not None
-            h = torch.addcmul(h, w_norm, rows[j + 1])
+            h = (
+                torch.cat([h, w_norm[None], h.new_zeros(m - j - 1)])
+                if j + 1 < m
+                else torch.cat([h, w_norm[None]])
+            )
             scale = safe_div(torch.ones_like(w_norm), w_norm)
             if status != NONE_DONE:
                 scale = scale.masked_fill(~active, 0)  # frozen elements add no basis vector
-            basis = [
-                torch.addcmul(q, columns[j + 1], scale * wl) for q, wl in zip(basis, w, strict=True)
-            ]
+            new_rows = [scale * wl for wl in w]
+            if mutable is None:
+                mutable = may_mutate(beta, *w)
+                if mutable:  # one out-of-place pass: batch the buffer like the rows it gets
+                    basis = [
+                        q + torch.zeros_like(row) for q, row in zip(basis, new_rows, strict=True)
+                    ]
+            if mutable:  # write row j + 1 in place: no fresh (m + 1) x n buffer per step
+                for q, row in zip(basis, new_rows, strict=True):
+                    q[j + 1].copy_(row)
+            else:
+                basis = [
+                    torch.addcmul(q, columns[j + 1], row)
+                    for q, row in zip(basis, new_rows, strict=True)
+                ]
             # Givens rotation G zeroing entry j + 1 of the rotated column u = Q^T h:
             # G acts on rows (j, j+1) as [[c, s], [-s, c]], c = u_j / rho, s = u_{j+1} / rho.
             u = rotations @ h
