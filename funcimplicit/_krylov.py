@@ -25,6 +25,20 @@ def _start(operator: Operator, b: TreeT, init: TreeT | None) -> tuple[TreeT, Tre
     return init, _tree.sub(b, operator(init))
 
 
+def _judged(
+    operator: Operator,
+    b: Any,
+    x: Any,
+    iterations: torch.Tensor,
+    recurrence_rr: torch.Tensor,
+    tolerance: torch.Tensor,
+) -> LinearSolveResult[Any]:
+    """The result of a recurrence method, judged by one true residual ``||b - A x||``."""
+    true_norm = _tree.norm(_tree.sub(b, operator(x)))
+    claimed = recurrence_rr <= tolerance * tolerance
+    return finish(x, iterations, true_norm, tolerance, claimed=claimed, slack=rounding_slack(b))
+
+
 @dataclass(frozen=True, kw_only=True)
 class CG(IterativeSolver):
     """Conjugate gradient for symmetric positive definite ``A`` (e.g. a Hessian).
@@ -81,16 +95,7 @@ class CG(IterativeSolver):
         state = (x, r, z, rz, rr)
         done = torch.logical_not(rr > tol2)
         state, iterations, _ = iterate(step, state, done, self._maxiter(b))
-        x, _, _, _, rr = state
-        true_norm = _tree.norm(_tree.sub(b, operator(x)))
-        return finish(
-            x,
-            iterations,
-            true_norm,
-            tolerance,
-            claimed=rr <= tol2,
-            slack=rounding_slack(b),
-        )
+        return _judged(operator, b, state[0], iterations, state[-1], tolerance)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,16 +204,7 @@ class BiCGStab(IterativeSolver):
         state = (x, r, zero_tree, zero_tree, one, one, one, rr)
         done = torch.logical_not(rr > tol2)
         state, iterations, _ = iterate(step, state, done, self._maxiter(b))
-        x, rr = state[0], state[-1]
-        true_norm = _tree.norm(_tree.sub(b, operator(x)))
-        return finish(
-            x,
-            iterations,
-            true_norm,
-            tolerance,
-            claimed=rr <= tol2,
-            slack=rounding_slack(b),
-        )
+        return _judged(operator, b, state[0], iterations, state[-1], tolerance)
 
 
 @dataclass(frozen=True, kw_only=True)
