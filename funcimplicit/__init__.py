@@ -11,6 +11,7 @@ from ._gmres import GMRES as GMRES
 from ._implicit import root_jvp as root_jvp
 from ._implicit import root_vjp as root_vjp
 from ._inner import InnerMethod as InnerMethod
+from ._inner import InnerProblem as InnerProblem
 from ._inner import Solution as Solution
 from ._inner import Status as Status
 from ._krylov import CG as CG
@@ -18,6 +19,8 @@ from ._krylov import BiCGStab as BiCGStab
 from ._krylov import Neumann as Neumann
 from ._krylov import NormalCG as NormalCG
 from ._linear_solve import linear_solve as linear_solve
+from ._protocols import InnerSolver as InnerSolver
+from ._protocols import LinearSolver as LinearSolver
 from ._root import fixed_point as fixed_point
 from ._root import implicit_root as implicit_root
 from ._root_methods import Broyden as Broyden
@@ -42,8 +45,11 @@ __all__ = [
     "GMRES",
     "GradientDescent",
     "InnerMethod",
+    "InnerProblem",
+    "InnerSolver",
     "LU",
     "LinearSolveResult",
+    "LinearSolver",
     "Neumann",
     "Newton",
     "NormalCG",

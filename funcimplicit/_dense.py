@@ -11,12 +11,12 @@ import torch
 from . import _tree
 from ._convergence import LinearSolveResult
 from ._solver_base import LinearSolverBase, Operator, finish
-from ._tree import TreeT
+from ._tree import TensorTree
 
 __all__ = ["LU", "Cholesky", "materialize"]
 
 
-def materialize(operator: Operator, b: TreeT) -> torch.Tensor:
+def materialize(operator: Operator, b: TensorTree) -> torch.Tensor:
     """The ``n x n`` matrix of ``operator`` on the raveled pytree (all leaves, coupled).
 
     Column ``i`` is ``A e_i``; the columns are computed with one ``vmap`` over the identity

@@ -64,6 +64,7 @@ class GMRES(IterativeSolver):
         iterations = torch.zeros_like(beta, dtype=torch.int64)
         claimed = torch.zeros_like(beta, dtype=torch.bool)
         cycles = math.ceil(maxiter / m) + 1
+        converged = torch.zeros_like(beta, dtype=torch.bool)
         for cycle in range(cycles):
             r = b if (cycle == 0 and init is None) else _tree.sub(b, operator(x))
             beta = _tree.norm(r)

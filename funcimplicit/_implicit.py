@@ -23,7 +23,7 @@ from ._linear_solve import LinearProblem, solve_tree
 from ._loop import physical
 from ._packing import ArgsLayout, TensorPool, TreeLayout
 from ._solver_base import LinearSolverBase
-from ._tree import TensorTree
+from ._tree import TensorTree, TreeT
 
 __all__ = ["RootProblem", "attach", "root_jvp", "root_vjp"]
 
@@ -129,10 +129,10 @@ def _jvp_core(
 
 
 def root_vjp(
-    optimality_fn: Callable[..., Any],
-    solution: Any,
+    optimality_fn: Callable[..., TensorTree],
+    solution: TreeT,
     args: Sequence[Any],
-    cotangent: Any,
+    cotangent: TreeT,
     *,
     solve: LinearSolverBase | None = None,
 ) -> tuple[Any, ...]:
@@ -182,13 +182,13 @@ def root_vjp(
 
 
 def root_jvp(
-    optimality_fn: Callable[..., Any],
-    solution: Any,
+    optimality_fn: Callable[..., TensorTree],
+    solution: TreeT,
     args: Sequence[Any],
     tangents: Sequence[Any],
     *,
     solve: LinearSolverBase | None = None,
-) -> Any:
+) -> TreeT:
     """Forward-mode derivative of a root: ``dtheta*/dargs . tangents``.
 
     Solves ``A s = -B t`` with ``A = dT/dtheta`` and ``B t`` the JVP of ``T`` in its
@@ -231,7 +231,7 @@ def root_jvp(
         if i not in chosen:
             chosen.append(i)
             values.append(t)
-    return _jvp_core(
+    return _jvp_core(  # type: ignore[no-any-return]
         optimality_fn,
         solution,
         layout,

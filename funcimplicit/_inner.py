@@ -59,7 +59,8 @@ class InnerProblem:
 
     ``root(x)`` is ``T(x)``, zero at the solution; ``fixed_point(x)`` is ``F(x)`` with
     ``F(x) = x`` at the solution (``F = x - T`` when only ``T`` is given, and conversely);
-    ``objective(x)`` is set for minimization (``T`` is then its gradient).
+    ``objective(x)`` is set for minimization (``T`` is then its gradient). A method of one's
+    own (a subclass of :class:`InnerMethod`) receives it in ``run(problem, init)``.
     """
 
     root: Callable[[Any], Any]

@@ -13,11 +13,13 @@ from ._checks import check_no_captured_tensors, check_same_layout, floating_leav
 from ._gmres import GMRES
 from ._implicit import attach
 from ._solver_base import LinearSolverBase
+from ._tree import TensorTree, TreeT
 
 __all__ = ["fixed_point", "implicit_root"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+AuxT = TypeVar("AuxT")
 
 
 def _normalize_argnums(argnums: int | Sequence[int] | None, call: str) -> tuple[int, ...] | None:
@@ -132,21 +134,35 @@ def _check_solution_finite(solution: Any, label: str) -> None:
 
 @overload
 def implicit_root(
-    optimality_fn: Callable[..., Any],
+    optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: Literal[False] = False,
     solve: LinearSolverBase | None = None,
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+) -> Callable[[Callable[P, TreeT]], Callable[P, TreeT]]: ...
 @overload
 def implicit_root(
-    optimality_fn: Callable[..., Any],
+    optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     *,
     has_aux: Literal[True],
     solve: LinearSolverBase | None = None,
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
+@overload
 def implicit_root(
-    optimality_fn: Callable[..., Any],
+    optimality_fn: Callable[..., TensorTree],
+    argnums: int | Sequence[int] | None,
+    has_aux: Literal[True],
+    solve: LinearSolverBase | None = None,
+) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
+@overload
+def implicit_root(
+    optimality_fn: Callable[..., TensorTree],
+    argnums: int | Sequence[int] | None = None,
+    has_aux: bool = False,
+    solve: LinearSolverBase | None = None,
+) -> Callable[[Callable[P, Any]], Callable[P, Any]]: ...
+def implicit_root(
+    optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
     solve: LinearSolverBase | None = None,
@@ -191,21 +207,35 @@ def implicit_root(
 
 @overload
 def fixed_point(
-    fixed_point_fn: Callable[..., Any],
+    fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: Literal[False] = False,
     solve: LinearSolverBase | None = None,
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+) -> Callable[[Callable[P, TreeT]], Callable[P, TreeT]]: ...
 @overload
 def fixed_point(
-    fixed_point_fn: Callable[..., Any],
+    fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     *,
     has_aux: Literal[True],
     solve: LinearSolverBase | None = None,
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
+@overload
 def fixed_point(
-    fixed_point_fn: Callable[..., Any],
+    fixed_point_fn: Callable[..., TensorTree],
+    argnums: int | Sequence[int] | None,
+    has_aux: Literal[True],
+    solve: LinearSolverBase | None = None,
+) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
+@overload
+def fixed_point(
+    fixed_point_fn: Callable[..., TensorTree],
+    argnums: int | Sequence[int] | None = None,
+    has_aux: bool = False,
+    solve: LinearSolverBase | None = None,
+) -> Callable[[Callable[P, Any]], Callable[P, Any]]: ...
+def fixed_point(
+    fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
     solve: LinearSolverBase | None = None,

@@ -8,8 +8,8 @@ value on the host, so every function is safe under ``torch.func`` transforms and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import optree
 import torch
@@ -17,6 +17,7 @@ from optree import PyTreeSpec
 
 __all__ = [
     "TensorTree",
+    "TreeSequence",
     "TreeT",
     "add",
     "axpy",
@@ -34,8 +35,27 @@ __all__ = [
     "zeros_like",
 ]
 
-#: A tensor, or a (nested) tuple, list, namedtuple or mapping of them.
-TensorTree: TypeAlias = torch.Tensor | Sequence["TensorTree"] | Mapping[Any, "TensorTree"]
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class TreeSequence(Protocol[_T_co]):
+    """A tuple, list, namedtuple or deque, read-only: what a sequence node of a tree offers.
+
+    Not ``collections.abc.Sequence``: ``str`` and ``bytes`` are sequences of themselves, so
+    with ``Sequence`` a checker would take ``"abc"`` for a tensor tree. Their ``__contains__``
+    only accepts a ``str`` (``bytes``), which this protocol's ``object`` parameter rules out.
+    """
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> _T_co: ...
+    def __iter__(self) -> Iterator[_T_co]: ...
+    def __contains__(self, value: object, /) -> bool: ...
+
+
+#: A tensor, or a (nested) tuple, list, namedtuple or mapping of them. A type checker reads it
+#: precisely (not as ``Any``): a ``str``, a ``float`` or a ``list[float]`` is not a tree.
+TensorTree: TypeAlias = torch.Tensor | TreeSequence["TensorTree"] | Mapping[Any, "TensorTree"]
+#: "The same structure in as out": a type variable bound to :data:`TensorTree`.
 TreeT = TypeVar("TreeT", bound=TensorTree)
 
 # optree's default namespace: dict keys always sorted. (The "torch" namespace changes how

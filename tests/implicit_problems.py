@@ -44,7 +44,7 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, dtype=F64, generator=_gen(seed))
 
 
-def _rand(*shape: int, seed: int) -> torch.Tensor:
+def _rand(*shape: Any, seed: int) -> torch.Tensor:
     return torch.rand(*shape, dtype=F64, generator=_gen(seed))
 
 
@@ -434,12 +434,14 @@ def _reference_quantity(name: str, key: str, param_seed: int, data_seed: int) ->
     if key == "solution":
         return sol(v).detach()
     if key == "jacobian":
-        return torch.autograd.functional.jacobian(sol, v)
+        jacobian: torch.Tensor = torch.autograd.functional.jacobian(sol, v)  # type: ignore[no-untyped-call]
+        return jacobian
     if key == "grad":
         vv = v.clone().requires_grad_(True)
         return torch.autograd.grad(loss(vv), vv)[0]
     if key == "hessian":
-        return torch.autograd.functional.hessian(loss, v)
+        hessian: torch.Tensor = torch.autograd.functional.hessian(loss, v)  # type: ignore[no-untyped-call]
+        return hessian
     raise KeyError(key)
 
 
@@ -462,7 +464,8 @@ def reference_derivatives(name: str, param_seed: int = 0, data_seed: int = 0) ->
 
 def task_data(problem: Problem, seeds: tuple[int, ...] = TASK_SEEDS) -> tuple[Any, ...]:
     """The per-task data of ``seeds`` stacked along dimension 0."""
-    return stack_trees([problem.data(s) for s in seeds])
+    stacked: tuple[Any, ...] = stack_trees([problem.data(s) for s in seeds])
+    return stacked
 
 
 def central_difference_jacobian(

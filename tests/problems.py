@@ -30,6 +30,8 @@ def _generator(seed: int) -> torch.Generator:
 def orthogonal(n: int, seed: int) -> torch.Tensor:
     """A random orthogonal ``n x n`` matrix (float64)."""
     g = torch.randn(n, n, dtype=F64, generator=_generator(seed))
+    q: torch.Tensor
+    r: torch.Tensor
     q, r = torch.linalg.qr(g)
     return q * torch.sign(torch.diagonal(r))
 
@@ -51,13 +53,15 @@ def nonsymmetric(n: int, cond: float, seed: int) -> torch.Tensor:
     g = torch.randn(n, n, dtype=F64, generator=_generator(seed + 7919))
     v = torch.eye(n, dtype=F64) + 0.2 * g / math.sqrt(n)
     lam = torch.logspace(0.0, math.log10(cond), n, dtype=F64)
-    return torch.linalg.solve(v.mT, (v * lam).mT).mT  # V diag(lam) V^{-1}
+    solved: torch.Tensor = torch.linalg.solve(v.mT, (v * lam).mT)
+    return solved.mT  # V diag(lam) V^{-1}
 
 
 def contraction(n: int, radius: float, seed: int) -> torch.Tensor:
     """``A = I - J`` with ``J`` non-symmetric of spectral radius ``radius`` (Neumann converges)."""
     g = torch.randn(n, n, dtype=F64, generator=_generator(seed + 104729))
-    rho = torch.linalg.eigvals(g).abs().max()
+    eigenvalues: torch.Tensor = torch.linalg.eigvals(g)
+    rho = eigenvalues.abs().max()
     return torch.eye(n, dtype=F64) - radius * g / rho
 
 
@@ -71,7 +75,8 @@ def cond(a: torch.Tensor) -> float:
 
 def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The independent reference: a dense float64 solve."""
-    return torch.linalg.solve(a.to(F64), b.to(F64))
+    solution: torch.Tensor = torch.linalg.solve(a.to(F64), b.to(F64))
+    return solution
 
 
 def matvec_of(a: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -23,7 +25,7 @@ def _half_optimality(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return 2 * x - a  # x* = a / 2
 
 
-def _half(argnums: object = None, **kwargs: object) -> object:
+def _half(argnums: Any = None, **kwargs: Any) -> Any:
     @fi.implicit_root(_half_optimality, argnums=argnums, **kwargs)
     def solver(init: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return a / 2
@@ -44,19 +46,19 @@ ZEROS = torch.zeros(2, dtype=F64)
 
 @pytest.mark.parametrize("decorator", [fi.implicit_root, fi.fixed_point])
 @pytest.mark.parametrize("argnums", [0, (0,), (1, 0)])
-def test_argnums_zero_is_init(decorator: object, argnums: object) -> None:
+def test_argnums_zero_is_init(decorator: Any, argnums: Any) -> None:
     with pytest.raises(ValueError, match="init"):
         decorator(_half_optimality, argnums=argnums)
 
 
 @pytest.mark.parametrize("argnums", [-1, (1, -2)])
-def test_argnums_negative(argnums: object) -> None:
+def test_argnums_negative(argnums: Any) -> None:
     with pytest.raises(ValueError, match="argnums"):
         fi.implicit_root(_half_optimality, argnums=argnums)
 
 
 @pytest.mark.parametrize("argnums", [1.0, "1", True, (1, 2.0), (None,), [False]])
-def test_argnums_not_int(argnums: object) -> None:
+def test_argnums_not_int(argnums: Any) -> None:
     with pytest.raises(TypeError, match="argnums"):
         fi.implicit_root(_half_optimality, argnums=argnums)
 
@@ -67,7 +69,7 @@ def test_argnums_empty() -> None:
 
 
 @pytest.mark.parametrize("argnums", [2, (1, 2), 5])
-def test_argnums_out_of_range(argnums: object) -> None:
+def test_argnums_out_of_range(argnums: Any) -> None:
     solver = _half(argnums)
     with pytest.raises(ValueError, match="out of range"):
         solver(ZEROS, _a())
@@ -97,7 +99,7 @@ def test_optimality_shape_differs_from_solution() -> None:
 
     x = solver(ZEROS, _a())
     with pytest.raises(ValueError, match="shape"):
-        x.sum().backward()
+        x.sum().backward()  # type: ignore[no-untyped-call]
 
 
 def test_optimality_shape_differs_in_forward_mode() -> None:
@@ -124,12 +126,12 @@ def test_optimality_dtype_differs_from_solution() -> None:
         return a / 2
 
     with pytest.raises(TypeError, match="float32"):
-        solver(ZEROS, _a()).sum().backward()
+        solver(ZEROS, _a()).sum().backward()  # type: ignore[no-untyped-call]
 
 
 def test_solver_output_structure_differs_from_init() -> None:
     @fi.implicit_root(_half_optimality)
-    def solver(init: torch.Tensor, a: torch.Tensor) -> tuple:
+    def solver(init: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor]:
         return (a / 2,)
 
     with pytest.raises(ValueError, match="structure"):
@@ -150,9 +152,9 @@ def test_solver_output_shape_differs_from_init() -> None:
     [[1.0, 2.0], torch.tensor([1, 2]), torch.tensor([1 + 1j, 2j])],
     ids=["list", "int", "complex"],
 )
-def test_solver_output_not_real_floating(output: object) -> None:
+def test_solver_output_not_real_floating(output: Any) -> None:
     @fi.implicit_root(_half_optimality)
-    def solver(init: object, a: torch.Tensor) -> object:
+    def solver(init: Any, a: torch.Tensor) -> Any:
         return output
 
     with pytest.raises(TypeError):
@@ -190,7 +192,7 @@ def test_nan_outer_loss_gradient() -> None:
     a = torch.tensor([-1.0, 4.0], dtype=F64, requires_grad=True)
     x = _half()(ZEROS, a)
     with pytest.raises(ValueError, match="cotangent"):
-        torch.sqrt(x).sum().backward()
+        torch.sqrt(x).sum().backward()  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +286,7 @@ def _hard_ridge() -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     return torch.tensor([0.5, 0.7, 0.9, 1.1], dtype=F64), (X, y)
 
 
-def _ridge_with(solve: object) -> object:
+def _ridge_with(solve: Any) -> Callable[..., Any]:
     @fi.implicit_root(ridge_optimality, solve=solve)
     def solver(
         init: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor
@@ -318,7 +320,7 @@ def test_backward_solve_not_converged_raises_in_strict_mode() -> None:
     solver = _ridge_with(fi.CG(maxiter=1, on_failure="raise"))
     w = solver(torch.zeros(4, dtype=F64), lam, X, y)
     with pytest.raises(fi.ConvergenceError, match="residual"):
-        outer_loss(w).backward()
+        outer_loss(w).backward()  # type: ignore[no-untyped-call]
     assert lam.grad is None
 
 
@@ -359,7 +361,7 @@ SINGULAR_SOLVERS = [
 
 
 @pytest.mark.parametrize("solve", SINGULAR_SOLVERS, ids=lambda s: type(s).__name__)
-def test_singular_backward_system_reported(solve: object) -> None:
+def test_singular_backward_system_reported(solve: Any) -> None:
     # T(x, a) = (x - a)^2 has A = dT/dx = 0 at the root x* = a: no implicit derivative exists.
     # Every solver must report it; a zero gradient must never come back silently.
     @fi.implicit_root(lambda x, a: (x - a) ** 2, solve=solve)
@@ -373,7 +375,7 @@ def test_singular_backward_system_reported(solve: object) -> None:
 
 
 @pytest.mark.parametrize("solve", SINGULAR_SOLVERS, ids=lambda s: type(s).__name__)
-def test_singular_backward_system_raises_in_strict_mode(solve: object) -> None:
+def test_singular_backward_system_raises_in_strict_mode(solve: Any) -> None:
     import dataclasses
 
     @fi.implicit_root(
@@ -392,7 +394,7 @@ def test_cg_on_nonsymmetric_fixed_point_reported() -> None:
     from implicit_problems import deq_map
 
     @fi.fixed_point(deq_map, solve=fi.CG(on_failure="raise"))
-    def solver(z: torch.Tensor, params: dict, x: torch.Tensor) -> torch.Tensor:
+    def solver(z: torch.Tensor, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         for _ in range(300):  # 0.8^300 ~ 1e-29
             z = deq_map(z, params, x)
         return z
@@ -425,13 +427,13 @@ def test_cg_on_nonsymmetric_fixed_point_reported() -> None:
     ["cg", fi.CG, lambda matvec, b: b, 1e-6, torch.linalg.solve],
     ids=["str", "class-not-instance", "lambda", "float", "linalg.solve"],
 )
-def test_solve_not_a_solver(decorator: object, solve: object) -> None:
+def test_solve_not_a_solver(decorator: Any, solve: Any) -> None:
     with pytest.raises(TypeError, match="linear solver"):
         decorator(_half_optimality, solve=solve)
 
 
 @pytest.mark.parametrize("decorator", [fi.implicit_root, fi.fixed_point])
-def test_optimality_not_callable(decorator: object) -> None:
+def test_optimality_not_callable(decorator: Any) -> None:
     with pytest.raises(TypeError, match="callable"):
         decorator(torch.zeros(2))
 
@@ -448,7 +450,7 @@ def test_user_tensors_not_modified_in_place() -> None:
     before = [t.detach().clone() for t in (lam, X, y, init)]
     versions = [t._version for t in (lam, X, y, init)]
     w = RIDGE.solver(init, lam, X, y)
-    outer_loss(w).backward()
+    outer_loss(w).backward()  # type: ignore[no-untyped-call]
     torch.func.hessian(lambda lam: outer_loss(RIDGE.solver(init, lam, X, y)))(lam.detach())
     for t, b, version in zip((lam, X, y, init), before, versions, strict=True):
         assert torch.equal(t.detach(), b)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -28,7 +30,9 @@ F64 = torch.float64
 problems = pytest.mark.parametrize("problem", PROBLEMS, ids=IDS)
 
 
-def _setup(problem: Problem) -> tuple[dict[str, torch.Tensor], torch.Tensor, object, tuple]:
+def _setup(
+    problem: Problem,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, Callable[[torch.Tensor], Any], tuple[Any, ...]]:
     ref = reference_derivatives(problem.name)
     v, unravel = flat_params(problem)
     return ref, v, unravel, problem.data(0)
@@ -42,7 +46,7 @@ def _direction(n: int) -> torch.Tensor:
 def test_jvp(problem: Problem) -> None:
     ref, v, unravel, data = _setup(problem)
     t = _direction(v.numel())
-    out, tangent = jvp(flat_solution_fn(problem, data, unravel), (v,), (t,))
+    out, tangent = jvp(flat_solution_fn(problem, data, unravel), (v,), (t,))  # type: ignore[misc]
     assert_close(out, ref["solution"], tol=1e-12, what="jvp primal")
     assert_close(tangent, ref["jacobian"] @ t, what="jvp tangent")
 
@@ -56,7 +60,7 @@ def test_jvp_in_pytree_params(problem: Problem) -> None:
     ref, v, unravel, data = _setup(problem)
     params = unravel(v)
     tangents = unraveler(params)(_direction(v.numel()))
-    out, tangent = jvp(lambda p: problem.solve(p, data), (params,), (tangents,))
+    out, tangent = jvp(lambda p: problem.solve(p, data), (params,), (tangents,))  # type: ignore[misc]
     assert tree_map(lambda a: a.shape, tangent) == tree_map(lambda a: a.shape, out)
     assert_close(ravel(tangent), ref["jacobian"] @ _direction(v.numel()), what="pytree jvp")
 
@@ -90,7 +94,7 @@ def test_jvp_of_grad(problem: Problem) -> None:
     # A Hessian-vector product as forward over reverse.
     ref, v, unravel, data = _setup(problem)
     t = _direction(v.numel())
-    _, hvp = jvp(grad(loss_fn(problem, data, unravel)), (v,), (t,))
+    _, hvp = jvp(grad(loss_fn(problem, data, unravel)), (v,), (t,))  # type: ignore[misc]
     assert_close(hvp, ref["hessian"] @ t, tol=1e-8, what="jvp(grad)")
 
 
@@ -112,8 +116,8 @@ def test_classic_forward_ad(problem: Problem) -> None:
     ref, v, unravel, data = _setup(problem)
     t = _direction(v.numel())
     with fwAD.dual_level():
-        out = flat_solution_fn(problem, data, unravel)(fwAD.make_dual(v, t))
-        tangent = fwAD.unpack_dual(out).tangent
+        out = flat_solution_fn(problem, data, unravel)(fwAD.make_dual(v, t))  # type: ignore[no-untyped-call]
+        tangent = fwAD.unpack_dual(out).tangent  # type: ignore[no-untyped-call]
     assert_close(tangent, ref["jacobian"] @ t, what="forward_ad")
 
 
@@ -123,15 +127,15 @@ def test_jvp_with_zero_tangent_for_data(problem: Problem) -> None:
     _, v, unravel, data = _setup(problem)
     params = unravel(v)
     t_data = tuple(torch.ones_like(d) * 0.3 for d in data)
-    _, tangent = jvp(lambda *d: problem.solve(params, d), data, t_data)
+    _, tangent = jvp(lambda *d: problem.solve(params, d), data, t_data)  # type: ignore[misc]
     if problem.name == "logistic":
         # argnums=1: X and y are constants of this solver: a zero tangent.
         assert_close(tangent, torch.zeros_like(tangent), tol=0.0, what="constant data")
         return
-    _, expected = jvp(lambda *d: problem.reference(params, d), data, t_data)
+    _, expected = jvp(lambda *d: problem.reference(params, d), data, t_data)  # type: ignore[misc]
     # The reference's forward derivative (closed form via Cholesky or unrolled iterations, no
     # linalg.solve) is itself checked against classic autograd here:
-    expected_rev = torch.autograd.functional.jvp(
+    expected_rev = torch.autograd.functional.jvp(  # type: ignore[no-untyped-call]
         lambda *d: _flat(problem.reference(params, d)), data, t_data
     )[1]
     assert_close(_flat(expected), expected_rev, what="reference forward vs reverse")
@@ -182,18 +186,20 @@ class _Cube(torch.autograd.Function):
         return x**3
 
     @staticmethod
-    def setup_context(ctx: object, inputs: tuple, output: torch.Tensor) -> None:
+    def setup_context(ctx: object, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         (x,) = inputs
         ctx.save_for_backward(x)  # type: ignore[attr-defined]
         ctx.save_for_forward(x)  # type: ignore[attr-defined]
 
     @staticmethod
     def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+        x: torch.Tensor
         (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
         return 3 * x**2 * g
 
     @staticmethod
     def jvp(ctx: object, t: torch.Tensor) -> torch.Tensor:
+        x: torch.Tensor
         (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
         return 3 * x**2 * t
 
@@ -203,7 +209,7 @@ def test_toy_function_other_second_orders_are_right() -> None:
     x = torch.tensor([1.5, -0.7], dtype=F64)
 
     def f(x: torch.Tensor) -> torch.Tensor:
-        return _Cube.apply(x).sum()
+        return _Cube.apply(x).sum()  # type: ignore[no-any-return, no-untyped-call]
 
     for second in (hessian(f), jacrev(jacrev(f)), jacrev(jacfwd(f))):
         assert_close(torch.diagonal(second(x)), 6 * x, tol=1e-12, what="toy second derivative")
@@ -221,7 +227,7 @@ def test_upstream_forward_over_forward_canary() -> None:
     x = torch.tensor([1.5, -0.7], dtype=F64)
 
     def f(x: torch.Tensor) -> torch.Tensor:
-        return _Cube.apply(x).sum()
+        return _Cube.apply(x).sum()  # type: ignore[no-any-return, no-untyped-call]
 
     second = torch.diagonal(jacfwd(jacfwd(f))(x))
     assert torch.allclose(second, 6 * x), f"jacfwd(jacfwd) gave {second}, expected {6 * x}"

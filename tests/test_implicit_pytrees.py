@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -46,11 +48,11 @@ def _w(k: int) -> torch.Tensor:
     return torch.tensor([1.0, -0.5, 0.25], dtype=F64) * (0.5 + 0.3 * k)
 
 
-def _tensor_leaves(args: tuple) -> list[torch.Tensor]:
+def _tensor_leaves(args: Any) -> list[torch.Tensor]:
     return [leaf for leaf in optree.tree_leaves(args) if isinstance(leaf, torch.Tensor)]
 
 
-def _forcing(args: tuple) -> torch.Tensor:
+def _forcing(args: Any) -> torch.Tensor:
     s = torch.zeros(3, dtype=F64)
     for k, leaf in enumerate(_tensor_leaves(args)):
         s = s + _w(k) * torch.tanh(leaf).sum()
@@ -63,7 +65,7 @@ def _newton(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _expected_grads(args: tuple, x: torch.Tensor) -> list[torch.Tensor]:
+def _expected_grads(args: Any, x: torch.Tensor) -> list[torch.Tensor]:
     u = torch.tensor(C, dtype=F64) / (1 + 0.3 * x**2)
     return [
         (u @ _w(k)) * (1 - torch.tanh(leaf.detach()) ** 2)
@@ -75,7 +77,7 @@ def _expected_grads(args: tuple, x: torch.Tensor) -> list[torch.Tensor]:
 # Strategies
 
 
-def _tensor(shape: tuple[int, ...]) -> st.SearchStrategy:
+def _tensor(shape: tuple[int, ...]) -> st.SearchStrategy[torch.Tensor]:
     return st.integers(0, 10**6).map(
         lambda seed: (
             0.5 * torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
@@ -90,7 +92,7 @@ _leaf = st.one_of(
 )
 
 
-def _containers(children: st.SearchStrategy) -> st.SearchStrategy:
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(
         st.lists(children, max_size=3).map(tuple),
         st.lists(children, max_size=3),
@@ -103,7 +105,7 @@ _tree = st.recursive(_leaf, _containers, max_leaves=5)
 
 
 @st.composite
-def _case(draw: st.DrawFn) -> tuple[tuple, tuple[int, ...] | None, list[bool]]:
+def _case(draw: st.DrawFn) -> tuple[tuple[Any, ...], tuple[int, ...] | int | None, list[bool]]:
     args = tuple(draw(st.lists(_tree, min_size=1, max_size=3)))
     n = len(args)
     argnums = draw(
@@ -118,7 +120,7 @@ def _case(draw: st.DrawFn) -> tuple[tuple, tuple[int, ...] | None, list[bool]]:
     return args, argnums, requires
 
 
-def _with_requires_grad(args: tuple, requires: list[bool]) -> tuple:
+def _with_requires_grad(args: Any, requires: list[bool]) -> Any:
     flags = iter(requires)
     return optree.tree_map(
         lambda leaf: (
@@ -140,14 +142,14 @@ def _in_argnums(argnums: int | tuple[int, ...] | None, n: int) -> set[int]:
 
 @settings(max_examples=20, deadline=None)
 @given(_case())
-def test_gradients_follow_argnums(case: tuple) -> None:
+def test_gradients_follow_argnums(case: tuple[Any, ...]) -> None:
     args, argnums, requires = case
     args = _with_requires_grad(args, requires)
     structure = optree.tree_structure(args)
     non_tensors = [leaf for leaf in optree.tree_leaves(args) if not isinstance(leaf, torch.Tensor)]
     seen: list[tuple[str, object, list[object]]] = []
 
-    def record(where: str, received: tuple) -> None:
+    def record(where: str, received: Any) -> None:
         seen.append(
             (
                 where,
@@ -201,7 +203,7 @@ def test_gradients_follow_argnums(case: tuple) -> None:
 
 @settings(max_examples=15, deadline=None)
 @given(_case())
-def test_root_vjp_structure(case: tuple) -> None:
+def test_root_vjp_structure(case: tuple[Any, ...]) -> None:
     # root_vjp returns one pytree per argument, shaped like it, None at non-tensor leaves.
     args, _, _ = case
 
@@ -238,7 +240,7 @@ _solution_tree = st.recursive(
 
 @settings(max_examples=15, deadline=None)
 @given(_solution_tree, st.integers(0, 1000))
-def test_solution_structure_preserved(shapes: object, seed: int) -> None:
+def test_solution_structure_preserved(shapes: Any, seed: int) -> None:
     # The solution has the structure of init; derivatives flow to every leaf (elementwise root
     # x + 0.1 x^3 = tanh(a) per leaf: dx/da = sech^2(a) / (1 + 0.3 x^2)).
     gen = torch.Generator().manual_seed(seed)
@@ -248,11 +250,11 @@ def test_solution_structure_preserved(shapes: object, seed: int) -> None:
     )
     init = optree.tree_map(torch.zeros_like, a)
 
-    def optimality(x: object, a: object) -> object:
+    def optimality(x: Any, a: Any) -> Any:
         return optree.tree_map(lambda xi, ai: xi + 0.1 * xi**3 - torch.tanh(ai), x, a)
 
     @fi.implicit_root(optimality)
-    def solver(init: object, a: object) -> object:
+    def solver(init: Any, a: Any) -> Any:
         return optree.tree_map(lambda xi, ai: _newton(xi, torch.tanh(ai)), init, a)
 
     x = solver(init, a)
@@ -272,7 +274,7 @@ def test_solution_structure_preserved(shapes: object, seed: int) -> None:
     assert_close(ravel(g), ravel(expected), tol=1e-10, what="per-leaf gradient")
 
 
-def _loss_weight(tree: object, leaf: torch.Tensor) -> float:
+def _loss_weight(tree: Any, leaf: torch.Tensor) -> float:
     # outer_loss weights leaf k by (0.5 + 0.25 k) * x^2, so d/dx = 2 (0.5 + 0.25 k) x.
     for k, candidate in enumerate(optree.tree_leaves(tree)):
         if candidate is leaf:
@@ -288,7 +290,9 @@ def _pair_optimality(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch
     return x - a - 2 * b  # x* = a + 2 b
 
 
-def _pair_solver(argnums: object) -> object:
+def _pair_solver(
+    argnums: int | None,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     @fi.implicit_root(_pair_optimality, argnums=argnums)
     def solver(init: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + 2 * b
@@ -331,7 +335,7 @@ def test_data_without_requires_grad() -> None:
 
     w = RIDGE.solve(lam, (X, y))
     assert w.requires_grad
-    outer_loss(w).backward()
+    outer_loss(w).backward()  # type: ignore[no-untyped-call]
     assert lam.grad is not None
     assert X.grad is None
     assert y.grad is None
@@ -347,10 +351,16 @@ def test_no_differentiable_input_gives_plain_tensor() -> None:
 
 
 def test_has_aux_returns_aux_untouched() -> None:
-    aux_object = {"iterations": torch.tensor(7), "note": "converged", "marker": Marker(1)}
+    aux_object: dict[str, Any] = {
+        "iterations": torch.tensor(7),
+        "note": "converged",
+        "marker": Marker(1),
+    }
 
     @fi.implicit_root(_pair_optimality, has_aux=True)
-    def solver(init: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple:
+    def solver(
+        init: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         return a + 2 * b, aux_object
 
     a = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
@@ -365,12 +375,12 @@ def test_has_aux_returns_aux_untouched() -> None:
 
 def test_has_aux_under_func_grad() -> None:
     @fi.fixed_point(lambda z, a: 0.5 * z + a, has_aux=True)
-    def solver(z: torch.Tensor, a: torch.Tensor) -> tuple:
+    def solver(z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         for _ in range(80):
             z = 0.5 * z + a
         return z, {"steps": torch.tensor(80)}
 
-    def f(a: torch.Tensor) -> tuple:
+    def f(a: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z, aux = solver(torch.zeros(2, dtype=F64), a)
         return (z**2).sum(), aux
 
@@ -382,6 +392,7 @@ def test_has_aux_under_func_grad() -> None:
 
 
 def test_namedtuple_solution_structure_preserved() -> None:
+    params: Any
     params, data = COUPLED.params(0), COUPLED.data(0)
     params = optree.tree_map(lambda t: t.clone().requires_grad_(True), params)
     z = COUPLED.solve(params, data)
@@ -393,7 +404,7 @@ def test_namedtuple_solution_structure_preserved() -> None:
     ref = COUPLED.reference(optree.tree_map(torch.Tensor.detach, params), data)
     assert_close(z, ref, tol=1e-12, what="solution")
     (g_pa,) = torch.autograd.grad(z.b.sum(), params["p"][0])
-    p_ref = optree.tree_map(lambda t: t.detach().clone().requires_grad_(True), params)
+    p_ref: Any = optree.tree_map(lambda t: t.detach().clone().requires_grad_(True), params)
     (g_ref,) = torch.autograd.grad(COUPLED.reference(p_ref, data).b.sum(), p_ref["p"][0])
     assert float(g_ref.abs().max()) > 0.05, "the leaves should be coupled"
     assert_close(g_pa, g_ref, tol=1e-10, what="d sum(b) / d p_a (coupling)")
@@ -401,13 +412,13 @@ def test_namedtuple_solution_structure_preserved() -> None:
 
 def test_dict_solution_with_zero_dim_leaf() -> None:
     # Solution {"s": 0-d, "v": (2,)} with a coupled root: s = a0 + 0.5 sum(v), v = a1 - 0.2 s.
-    def optimality(z: dict, a: torch.Tensor) -> dict:
+    def optimality(z: dict[str, torch.Tensor], a: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"s": z["s"] - a[0] - 0.5 * z["v"].sum(), "v": z["v"] - a[1:] + 0.2 * z["s"]}
 
     m = torch.tensor([[1.0, -0.5, -0.5], [0.2, 1.0, 0.0], [0.2, 0.0, 1.0]], dtype=F64)
 
     @fi.implicit_root(optimality, solve=fi.LU())
-    def solver(init: dict, a: torch.Tensor) -> dict:
+    def solver(init: dict[str, torch.Tensor], a: torch.Tensor) -> dict[str, torch.Tensor]:
         joint = torch.linalg.inv(m) @ a
         return {"s": joint[0], "v": joint[1:]}
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -33,7 +35,9 @@ from torch.func import grad, jacrev, vjp
 pytestmark = pytest.mark.parametrize("problem", PROBLEMS, ids=IDS)
 
 
-def _setup(problem: Problem) -> tuple[dict[str, torch.Tensor], torch.Tensor, object, tuple]:
+def _setup(
+    problem: Problem,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, Callable[[torch.Tensor], Any], tuple[Any, ...]]:
     ref = reference_derivatives(problem.name)
     v, unravel = flat_params(problem)
     return ref, v, unravel, problem.data(0)
@@ -62,10 +66,10 @@ def test_autograd_grad(problem: Problem) -> None:
 def test_backward_accumulates_grad_on_params_only(problem: Problem) -> None:
     ref, v, unravel, data = _setup(problem)
     params = tree_map(lambda t: t.clone().requires_grad_(True), unravel(v))
-    outer_loss(problem.solve(params, data)).backward()
+    outer_loss(problem.solve(params, data)).backward()  # type: ignore[no-untyped-call]
     assert_close(ravel(tree_map(lambda t: t.grad, params)), ref["grad"], what=".backward()")
     # A second backward through a fresh graph accumulates (classic semantics).
-    outer_loss(problem.solve(params, data)).backward()
+    outer_loss(problem.solve(params, data)).backward()  # type: ignore[no-untyped-call]
     assert_close(ravel(tree_map(lambda t: t.grad, params)), 2 * ref["grad"], what="accumulated")
     for d in leaves(data):
         assert d.grad is None
@@ -84,7 +88,7 @@ def test_func_grad_on_pytree_params(problem: Problem) -> None:
     assert_close(ravel(g), ref["grad"], what="grad in the pytree")
 
 
-def optree_structure_equal(a: object, b: object) -> bool:
+def optree_structure_equal(a: Any, b: Any) -> bool:
     import optree
 
     return optree.tree_structure(a) == optree.tree_structure(b)
@@ -93,7 +97,7 @@ def optree_structure_equal(a: object, b: object) -> bool:
 def test_vjp(problem: Problem) -> None:
     ref, v, unravel, data = _setup(problem)
     cot = torch.linspace(-1.0, 2.0, ref["solution"].numel(), dtype=torch.float64)
-    out, pullback = vjp(flat_solution_fn(problem, data, unravel), v)
+    out, pullback = vjp(flat_solution_fn(problem, data, unravel), v)  # type: ignore[misc]
     assert_close(out, ref["solution"], tol=1e-12, what="vjp primal")
     (g,) = pullback(cot)
     assert_close(g, cot @ ref["jacobian"], what="vjp")
@@ -102,7 +106,7 @@ def test_vjp(problem: Problem) -> None:
 def test_vjp_structured_cotangent(problem: Problem) -> None:
     # The cotangent arrives with the solution's own structure (namedtuple, 0-d, ...).
     ref, v, unravel, data = _setup(problem)
-    out, pullback = vjp(lambda p: problem.solve(p, data), unravel(v))
+    out, pullback = vjp(lambda p: problem.solve(p, data), unravel(v))  # type: ignore[misc]
     cot = tree_map(lambda t: torch.full_like(t, 0.5), out)
     (g,) = pullback(cot)
     assert_close(ravel(g), ravel(cot) @ ref["jacobian"], what="vjp in pytrees")
@@ -150,18 +154,18 @@ def test_autograd_functional_vectorized(problem: Problem) -> None:
     # torch.autograd.functional.jacobian / hessian with vectorize=True (legacy vmap over the
     # backward) against the reference.
     ref, v, unravel, data = _setup(problem)
-    jac = torch.autograd.functional.jacobian(
+    jac = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
         flat_solution_fn(problem, data, unravel), v, vectorize=True
     )
     assert_close(jac, ref["jacobian"], what="jacobian(vectorize=True)")
-    hess = torch.autograd.functional.hessian(loss_fn(problem, data, unravel), v, vectorize=True)
+    hess = torch.autograd.functional.hessian(loss_fn(problem, data, unravel), v, vectorize=True)  # type: ignore[no-untyped-call]
     assert_close(hess, ref["hessian"], tol=1e-8, what="hessian(vectorize=True)")
 
 
 def test_autograd_functional_hessian(problem: Problem) -> None:
     # The classic (non-vectorized) reverse-over-reverse Hessian of the outer loss.
     ref, v, unravel, data = _setup(problem)
-    hess = torch.autograd.functional.hessian(loss_fn(problem, data, unravel), v)
+    hess = torch.autograd.functional.hessian(loss_fn(problem, data, unravel), v)  # type: ignore[no-untyped-call]
     assert_close(hess, ref["hessian"], tol=1e-8, what="autograd.functional.hessian")
 
 
@@ -220,6 +224,7 @@ def test_unused_solution_gives_zero_not_none(problem: Problem) -> None:
     first = leaves(problem.solve(unravel(v), data))[0].numel()
 
     def partial_loss(vv: torch.Tensor) -> torch.Tensor:
-        return leaves(problem.solve(unravel(vv), data))[0].sum()
+        first_leaf: torch.Tensor = leaves(problem.solve(unravel(vv), data))[0]
+        return first_leaf.sum()
 
     assert_close(grad(partial_loss)(v), ref["jacobian"][:first].sum(0), what="partial loss")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -31,7 +32,7 @@ problems = pytest.mark.parametrize("problem", PROBLEMS, ids=IDS)
 SOLVES = pytest.mark.parametrize("use_default", [False, True], ids=["table-solve", "default-solve"])
 
 
-def _cotangent(solution: object) -> object:
+def _cotangent(solution: Any) -> Any:
     flat = ravel(solution)
     c = torch.linspace(-1.0, 2.0, flat.numel(), dtype=F64) + 0.3
     return (
@@ -44,21 +45,21 @@ def _cotangent(solution: object) -> object:
     )
 
 
-def _inputs(problem: Problem) -> tuple[object, tuple, object]:
+def _inputs(problem: Problem) -> tuple[Any, Any, Any]:
     params, data = problem.params(0), problem.data(0)
     args = problem.solver_args(params, data)
     solution = problem.solve(params, data)
     return solution, args, _cotangent(solution)
 
 
-def _reference_vjp(problem: Problem, cotangent: object) -> tuple:
+def _reference_vjp(problem: Problem, cotangent: Any) -> tuple[Any, ...]:
     """``c^T d theta*/d arg`` for every tensor leaf of every solver argument (classic autograd
     through the reference map), rebuilt per argument with None at non-tensor leaves."""
     params, data = problem.params(0), problem.data(0)
     params = optree.tree_map(lambda t: t.clone().requires_grad_(True), params)
     data = tuple(d.clone().requires_grad_(True) for d in data)
-    args = problem.solver_args(params, data)
-    leaves = optree.tree_leaves(args)
+    args: Any = problem.solver_args(params, data)
+    leaves: list[torch.Tensor] = optree.tree_leaves(args)
     out = ravel(problem.reference(params, data)) @ ravel(cotangent)
     grads = iter(torch.autograd.grad(out, leaves))
     return tuple(optree.tree_map(lambda _: next(grads), a) for a in args)
@@ -85,7 +86,7 @@ def test_root_jvp_matches_reference(problem: Problem, use_default: bool) -> None
     tangent_leaves = [
         torch.linspace(0.5, -0.5, leaf.numel(), dtype=F64).reshape(leaf.shape) for leaf in leaves
     ]
-    tangents = optree.tree_unflatten(spec, tangent_leaves)
+    tangents: Any = optree.tree_unflatten(spec, tangent_leaves)
     solve = None if use_default else problem.linear_solve
     out = fi.root_jvp(problem.optimality, solution, args, tangents, solve=solve)
     assert optree.tree_structure(out) == optree.tree_structure(solution)
@@ -94,7 +95,7 @@ def test_root_jvp_matches_reference(problem: Problem, use_default: bool) -> None
         params, *data = optree.tree_unflatten(spec, list(flat))
         return ravel(problem.reference(params, tuple(data)))
 
-    _, expected = torch.autograd.functional.jvp(
+    _, expected = torch.autograd.functional.jvp(  # type: ignore[no-untyped-call]
         flat_reference, tuple(leaves), tuple(tangent_leaves)
     )
     assert_close(ravel(out), expected, what="root_jvp")
@@ -108,9 +109,9 @@ def test_root_vjp_root_jvp_adjoint(problem: Problem) -> None:
     t_leaves = [
         torch.cos(torch.arange(leaf.numel(), dtype=F64)).reshape(leaf.shape) for leaf in leaves
     ]
-    tangents = optree.tree_unflatten(spec, t_leaves)
+    tangents: Any = optree.tree_unflatten(spec, t_leaves)
     forward = fi.root_jvp(problem.optimality, solution, args, tangents, solve=fi.GMRES())
-    backward = fi.root_vjp(problem.optimality, solution, args, cot, solve=fi.GMRES())
+    backward: Any = fi.root_vjp(problem.optimality, solution, args, cot, solve=fi.GMRES())
     lhs = ravel(forward) @ ravel(cot)
     rhs = sum((g * t).sum() for g, t in zip(optree.tree_leaves(backward), t_leaves, strict=True))
     assert abs(float(lhs - rhs)) <= 1e-9 * max(1.0, abs(float(lhs)))
@@ -156,7 +157,8 @@ def _ridge() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _implicit_w(lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return RIDGE.solver(torch.zeros(4, dtype=F64), lam, X, y)
+    w: torch.Tensor = RIDGE.solver(torch.zeros(4, dtype=F64), lam, X, y)
+    return w
 
 
 def test_root_vjp_differentiable_with_solution_fixed() -> None:
@@ -167,14 +169,15 @@ def test_root_vjp_differentiable_with_solution_fixed() -> None:
     v = torch.tensor([1.0, -2.0, 0.5, 0.3], dtype=F64)
 
     def via_root_vjp(lam: torch.Tensor) -> torch.Tensor:
-        return fi.root_vjp(ridge_optimality, w, (lam, X, y), v, solve=fi.CG())[0]
+        grad_lam: torch.Tensor = fi.root_vjp(ridge_optimality, w, (lam, X, y), v, solve=fi.CG())[0]
+        return grad_lam
 
     def closed_form(lam: torch.Tensor) -> torch.Tensor:
         L = torch.linalg.cholesky(X.mT @ X + torch.diag(lam))
         return -w * torch.cholesky_solve(v[:, None], L)[:, 0]
 
     assert_close(via_root_vjp(lam), closed_form(lam), what="value")
-    expected = torch.autograd.functional.jacobian(closed_form, lam)
+    expected = torch.autograd.functional.jacobian(closed_form, lam)  # type: ignore[no-untyped-call]
     assert_close(jacrev(via_root_vjp)(lam), expected, what="jacrev(root_vjp)")
     assert_close(torch.func.jacfwd(via_root_vjp)(lam), expected, what="jacfwd(root_vjp)")
 
@@ -185,12 +188,12 @@ def test_root_vjp_differentiable_through_the_solution() -> None:
     v = torch.tensor([1.0, -2.0, 0.5, 0.3], dtype=F64)
 
     def via_root_vjp(lam: torch.Tensor) -> torch.Tensor:
-        return fi.root_vjp(ridge_optimality, _implicit_w(lam, X, y), (lam, X, y), v, solve=fi.CG())[
-            0
-        ]
+        w = _implicit_w(lam, X, y)
+        grad_lam: torch.Tensor = fi.root_vjp(ridge_optimality, w, (lam, X, y), v, solve=fi.CG())[0]
+        return grad_lam
 
     def reference_second(lam: torch.Tensor) -> torch.Tensor:
-        return torch.autograd.functional.hessian(
+        return torch.autograd.functional.hessian(  # type: ignore[no-any-return, no-untyped-call]
             lambda lam_: RIDGE.reference(lam_, (X, y)) @ v, lam
         )
 
@@ -201,7 +204,9 @@ def test_root_vjp_gradcheck() -> None:
     # In (lam, X, v), with the solution implicit in lam and X; float64 finite differences.
     lam, X, y = _ridge()
 
-    def fn(lam: torch.Tensor, X: torch.Tensor, v: torch.Tensor) -> tuple:
+    def fn(
+        lam: torch.Tensor, X: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         g = fi.root_vjp(ridge_optimality, _implicit_w(lam, X, y), (lam, X, y), v, solve=fi.CG())
         return g[0], g[1]
 
@@ -235,7 +240,7 @@ def test_root_jvp_linear_in_tangent() -> None:
     jac = jacrev(
         lambda t: fi.root_jvp(ridge_optimality, w, (lam, X, y), (t, *zeros), solve=fi.CG())
     )(torch.zeros(4, dtype=F64))
-    expected = torch.autograd.functional.jacobian(lambda lam_: RIDGE.reference(lam_, (X, y)), lam)
+    expected = torch.autograd.functional.jacobian(lambda lam_: RIDGE.reference(lam_, (X, y)), lam)  # type: ignore[no-untyped-call]
     assert_close(jac, expected, what="d root_jvp / d t")
 
 
@@ -248,7 +253,7 @@ def test_root_vjp_grad_in_cotangent_via_func_grad() -> None:
         torch.ones(4, dtype=F64)
     )
     expected = (
-        torch.autograd.functional.jacobian(lambda lam_: RIDGE.reference(lam_, (X, y)), lam) @ u
+        torch.autograd.functional.jacobian(lambda lam_: RIDGE.reference(lam_, (X, y)), lam) @ u  # type: ignore[no-untyped-call]
     )
     assert_close(g, expected, what="d root_vjp / d v")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -53,7 +55,9 @@ IDS = [f"{p.name}-{name}" for p, name, _ in CASES]
 cases = pytest.mark.parametrize(("problem", "name", "solve"), CASES, ids=IDS)
 
 
-def _setup(problem: Problem, solve: object) -> tuple[Problem, object, torch.Tensor, object, tuple]:
+def _setup(
+    problem: Problem, solve: object
+) -> tuple[Problem, Any, torch.Tensor, Callable[[torch.Tensor], Any], tuple[Any, ...]]:
     v, unravel = flat_params(problem)
     return (
         problem.with_solve(solve),

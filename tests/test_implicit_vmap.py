@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -40,8 +42,10 @@ def _per_task(problem: Problem, key: str, shared_params: bool = True) -> torch.T
     )
 
 
-def _meta_loss(problem: Problem, unravel: object):
-    def meta_loss(v: torch.Tensor, data: tuple) -> torch.Tensor:
+def _meta_loss(
+    problem: Problem, unravel: Callable[[torch.Tensor], Any]
+) -> Callable[[torch.Tensor, tuple[Any, ...]], torch.Tensor]:
+    def meta_loss(v: torch.Tensor, data: tuple[Any, ...]) -> torch.Tensor:
         return outer_loss(problem.solve(unravel(v), data))
 
     return meta_loss
@@ -84,8 +88,9 @@ def test_vmap_jacrev(problem: Problem) -> None:
     v, unravel = flat_params(problem)
     data = task_data(problem)
 
-    def jac(d: tuple) -> torch.Tensor:
-        return jacrev(flat_solution_fn(problem, d, unravel))(v)
+    def jac(d: tuple[Any, ...]) -> torch.Tensor:
+        jacobian: torch.Tensor = jacrev(flat_solution_fn(problem, d, unravel))(v)
+        return jacobian
 
     assert_close(vmap(jac)(data), _per_task(problem, "jacobian"), what="vmap(jacrev)")
 
@@ -94,8 +99,9 @@ def test_vmap_hessian(problem: Problem) -> None:
     v, unravel = flat_params(problem)
     data = task_data(problem)
 
-    def hess(d: tuple) -> torch.Tensor:
-        return hessian(loss_fn(problem, d, unravel))(v)
+    def hess(d: tuple[Any, ...]) -> torch.Tensor:
+        second: torch.Tensor = hessian(loss_fn(problem, d, unravel))(v)
+        return second
 
     assert_close(vmap(hess)(data), _per_task(problem, "hessian"), tol=1e-8, what="vmap(hessian)")
 
@@ -116,7 +122,7 @@ def test_autograd_backward_through_vmap(problem: Problem) -> None:
     v, unravel = flat_params(problem)
     data = task_data(problem)
     vv = v.clone().requires_grad_(True)
-    vmap(_meta_loss(problem, unravel), in_dims=(None, 0))(vv, data).sum().backward()
+    vmap(_meta_loss(problem, unravel), in_dims=(None, 0))(vv, data).sum().backward()  # type: ignore[no-untyped-call]
     assert_close(vv.grad, _per_task(problem, "grad").sum(0), what="vmap then .backward()")
 
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import mpmath
+import mpmath  # type: ignore[import-untyped]
 import pytest
 import torch
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vjp
@@ -97,7 +97,7 @@ def test_cos_derivative_closed_form(name: str, theta: float) -> None:
     assert abs(float(jacfwd(solution)(t)) - expected) <= 1e-9
     # classic autograd
     t_leaf = t.clone().requires_grad_(True)
-    solution(t_leaf).backward()
+    solution(t_leaf).backward()  # type: ignore[no-untyped-call]
     assert t_leaf.grad is not None
     assert abs(float(t_leaf.grad) - expected) <= 1e-9
     # second derivative: d2x/dtheta2 = -cos x* (dx/dtheta)^2 / (1 + sin x*)
@@ -160,12 +160,13 @@ def test_affine_jacobians(name: str, radius: float) -> None:
         return fi.solve_fixed_point(affine, x0, J, c, method=method).value
 
     def reference(J: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve(torch.eye(n, dtype=F64) - J, c)
+        solution: torch.Tensor = torch.linalg.solve(torch.eye(n, dtype=F64) - J, c)
+        return solution
 
-    ref_J, ref_c = torch.autograd.functional.jacobian(reference, (J, c))
+    ref_J, ref_c = torch.autograd.functional.jacobian(reference, (J, c))  # type: ignore[no-untyped-call]
     inv = torch.linalg.inv(torch.eye(n, dtype=F64) - J)
     torch.testing.assert_close(ref_c, inv)  # the reference's own sanity check
-    tol = {"rtol": 1e-7, "atol": 1e-8}
+    tol: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-8}
     jr_J, jr_c = jacrev(solution, argnums=(0, 1))(J, c)
     torch.testing.assert_close(jr_c, ref_c, **tol)
     torch.testing.assert_close(jr_J, ref_J, **tol)
@@ -173,9 +174,9 @@ def test_affine_jacobians(name: str, radius: float) -> None:
     torch.testing.assert_close(jf_c, ref_c, **tol)
     # a single jvp / vjp
     t_c = torch.randn(n, dtype=F64, generator=_gen(7))
-    _, tangent = jvp(lambda c: solution(J, c), (c,), (t_c,))
+    _, tangent = jvp(lambda c: solution(J, c), (c,), (t_c,))  # type: ignore[misc]
     torch.testing.assert_close(tangent, inv @ t_c, **tol)
-    _, pullback = vjp(lambda c: solution(J, c), c)
+    _, pullback = vjp(lambda c: solution(J, c), c)  # type: ignore[misc]
     (cot,) = pullback(t_c)
     torch.testing.assert_close(cot, inv.mT @ t_c, **tol)
 
@@ -320,7 +321,7 @@ def test_ridge_hypergradient_jacobians_and_hessian(name: str) -> None:
     d = X.shape[1]
     lam = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=F64)
     w0 = torch.zeros(d, dtype=F64)
-    kwargs = {} if method is None else {"method": method}
+    kwargs: dict[str, Any] = {} if method is None else {"method": method}
 
     def solution(lam: torch.Tensor) -> torch.Tensor:
         return fi.minimize(ridge_loss, w0, lam, X, y, **kwargs).value
@@ -331,19 +332,19 @@ def test_ridge_hypergradient_jacobians_and_hessian(name: str) -> None:
     def outer_reference(lam: torch.Tensor) -> torch.Tensor:
         return 0.5 * ((Xv @ ridge_closed_form(lam, X, y) - yv) ** 2).sum()
 
-    tol = {"rtol": 1e-7, "atol": 1e-9}
-    ref_jac = torch.autograd.functional.jacobian(lambda ll: ridge_closed_form(ll, X, y), lam)
+    tol: dict[str, Any] = {"rtol": 1e-7, "atol": 1e-9}
+    ref_jac = torch.autograd.functional.jacobian(lambda ll: ridge_closed_form(ll, X, y), lam)  # type: ignore[no-untyped-call]
     torch.testing.assert_close(jacrev(solution)(lam), ref_jac, **tol)
     torch.testing.assert_close(jacfwd(solution)(lam), ref_jac, **tol)
-    ref_grad = torch.autograd.functional.jacobian(outer_reference, lam)
+    ref_grad = torch.autograd.functional.jacobian(outer_reference, lam)  # type: ignore[no-untyped-call]
     torch.testing.assert_close(grad(outer)(lam), ref_grad, **tol)
-    ref_hess = torch.autograd.functional.hessian(outer_reference, lam)
+    ref_hess = torch.autograd.functional.hessian(outer_reference, lam)  # type: ignore[no-untyped-call]
     torch.testing.assert_close(hessian(outer)(lam), ref_hess, **tol)
     torch.testing.assert_close(jacrev(jacrev(outer))(lam), ref_hess, **tol)
     torch.testing.assert_close(jacrev(jacfwd(outer))(lam), ref_hess, **tol)
     # classic .backward()
     lam_leaf = lam.clone().requires_grad_(True)
-    outer(lam_leaf).backward()
+    outer(lam_leaf).backward()  # type: ignore[no-untyped-call]
     torch.testing.assert_close(lam_leaf.grad, ref_grad, **tol)
 
 
@@ -356,7 +357,7 @@ def test_ridge_derivatives_in_data_args() -> None:
     def solution(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return fi.minimize(ridge_loss, w0, lam, X, y).value
 
-    ref_X, ref_y = torch.autograd.functional.jacobian(
+    ref_X, ref_y = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
         lambda X, y: ridge_closed_form(lam, X, y), (X, y)
     )
     j_X, j_y = jacrev(solution, argnums=(0, 1))(X, y)
@@ -394,7 +395,7 @@ def test_logistic_hypergradient_finite_differences(method: fi.InnerMethod | None
     X, y, Xv, yv = logistic_data(0, d=3)
     log_lam = torch.tensor([-2.0, -1.0, -3.0], dtype=F64)
     w0 = torch.zeros(3, dtype=F64)
-    kwargs = {} if method is None else {"method": method}
+    kwargs: dict[str, Any] = {} if method is None else {"method": method}
 
     def outer(log_lam: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         w = fi.minimize(logistic_loss, w0, log_lam, X, y, **kwargs).value
@@ -469,9 +470,12 @@ def test_deq_hessian_against_unrolled_plain_torch(name: str) -> None:
         return (v * z).sum() + 0.5 * (z**2).sum()
 
     torch.testing.assert_close(
-        grad(outer)(b), torch.autograd.functional.jacobian(outer_ref, b), rtol=1e-8, atol=1e-10
+        grad(outer)(b),
+        torch.autograd.functional.jacobian(outer_ref, b),  # type: ignore[no-untyped-call]
+        rtol=1e-8,
+        atol=1e-10,
     )
-    ref_hess = torch.autograd.functional.hessian(outer_ref, b)
+    ref_hess = torch.autograd.functional.hessian(outer_ref, b)  # type: ignore[no-untyped-call]
     torch.testing.assert_close(hessian(outer)(b), ref_hess, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(jacrev(jacrev(outer))(b), ref_hess, rtol=1e-7, atol=1e-9)
 
@@ -555,7 +559,7 @@ def test_backward_linear_solver_choice(solve: Any) -> None:
     def solution(b: torch.Tensor) -> torch.Tensor:
         return fi.solve_fixed_point(deq, z0, W, b, solve=solve).value
 
-    ref = torch.autograd.functional.jacobian(lambda b: deq_unrolled_reference(W, b), b)
+    ref = torch.autograd.functional.jacobian(lambda b: deq_unrolled_reference(W, b), b)  # type: ignore[no-untyped-call]
     torch.testing.assert_close(jacrev(solution)(b), ref, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(jacfwd(solution)(b), ref, rtol=1e-8, atol=1e-10)
 

@@ -297,7 +297,7 @@ def test_tolerance_overflow_does_not_count_as_converged() -> None:
 # Invalid method fields: ValueError/TypeError naming the class
 
 
-INVALID_FIELDS = [
+INVALID_FIELDS: list[tuple[type[fi.InnerMethod], dict[str, Any], type[Exception], str]] = [
     (fi.Anderson, {"history": 0}, ValueError, "Anderson.*history"),
     (fi.Anderson, {"history": 2.5}, ValueError, "Anderson.*history"),
     (fi.Anderson, {"history": True}, ValueError, "Anderson.*history"),
@@ -385,9 +385,9 @@ def test_method_not_an_inner_method(method: Any) -> None:
 
 def test_method_not_an_inner_method_in_root_and_minimize() -> None:
     with pytest.raises(TypeError, match=r"solve_root.*method.*GMRES"):
-        fi.solve_root(half, torch.zeros(2, dtype=F64), method=fi.GMRES())
+        fi.solve_root(half, torch.zeros(2, dtype=F64), method=fi.GMRES())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"minimize.*method.*CG"):
-        fi.minimize(lambda w: (w**2).sum(), torch.zeros(2, dtype=F64), method=fi.CG())
+        fi.minimize(lambda w: (w**2).sum(), torch.zeros(2, dtype=F64), method=fi.CG())  # type: ignore[arg-type]
 
 
 def test_solve_not_a_linear_solver() -> None:

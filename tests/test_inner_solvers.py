@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import mpmath
+import mpmath  # type: ignore[import-untyped]
 import pytest
 import torch
 from hypothesis import given, settings
@@ -51,7 +51,8 @@ def affine(x: torch.Tensor, J: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def affine_reference(J: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.solve(torch.eye(J.shape[0], dtype=F64) - J, c)
+    solution: torch.Tensor = torch.linalg.solve(torch.eye(J.shape[0], dtype=F64) - J, c)
+    return solution
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -65,8 +66,8 @@ def assert_consistent(sol: fi.Solution[Any], residual: Callable[[Any], Any], rto
     """The statistics of a converged solution agree with a residual recomputed here."""
     leaves = [torch.as_tensor(v) for v in _leaves(sol.value)]
     r = _leaves(residual(sol.value))
-    r_norm = torch.sqrt(sum((v.detach().to(F64) ** 2).sum() for v in r))
-    x_norm = torch.sqrt(sum((v.detach().to(F64) ** 2).sum() for v in leaves))
+    r_norm = torch.sqrt(sum((v.detach().to(F64) ** 2).sum() for v in r))  # type: ignore[arg-type]
+    x_norm = torch.sqrt(sum((v.detach().to(F64) ** 2).sum() for v in leaves))  # type: ignore[arg-type]
     assert sol.iterations.dtype == torch.int64
     assert sol.status.dtype == torch.int64
     assert bool(sol.converged)
@@ -484,7 +485,8 @@ def ridge_data(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ridge_closed_form(lam: float, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     d = X.shape[1]
-    return torch.linalg.solve(X.mT @ X + lam * torch.eye(d, dtype=F64), X.mT @ y)
+    solution: torch.Tensor = torch.linalg.solve(X.mT @ X + lam * torch.eye(d, dtype=F64), X.mT @ y)
+    return solution
 
 
 @pytest.mark.parametrize(
@@ -513,7 +515,7 @@ def test_minimize_ridge(method: fi.InnerMethod | None, lam: float) -> None:
 
         sol = fi.minimize(loss, torch.zeros(8, dtype=F64), lam_t, X, y, method=method)
     else:
-        kwargs = {} if method is None else {"method": method}
+        kwargs: dict[str, Any] = {} if method is None else {"method": method}
         sol = fi.minimize(ridge_loss, torch.zeros(8, dtype=F64), lam_t, X, y, **kwargs)
     ref = ridge_closed_form(lam, X, y)
     assert bool(sol.converged)
@@ -584,7 +586,7 @@ def logistic_reference(lam: float, X: torch.Tensor, y: torch.Tensor) -> torch.Te
 def test_minimize_logistic(method: fi.InnerMethod | None) -> None:
     X, y = logistic_data(80, 5, 0)
     lam = 0.05
-    kwargs = {} if method is None else {"method": method}
+    kwargs: dict[str, Any] = {} if method is None else {"method": method}
     sol = fi.minimize(
         logistic_loss, torch.zeros(5, dtype=F64), torch.tensor(lam, dtype=F64), X, y, **kwargs
     )
@@ -611,9 +613,10 @@ def test_solution_fields_and_start_at_solution() -> None:
         torch.testing.assert_close(sol.value, ref, rtol=0.0, atol=0.0)
         for stat in (sol.iterations, sol.residual_norm, sol.tolerance, sol.converged, sol.status):
             assert stat.shape == ()
-    assert fi.Status.CONVERGED == 0
-    assert fi.Status.MAX_ITERATIONS == 1
-    assert fi.Status.NONFINITE == 2
+    # IntEnum members equal their ints (mypy's strict equality does not know it).
+    assert fi.Status.CONVERGED == 0  # type: ignore[comparison-overlap]
+    assert fi.Status.MAX_ITERATIONS == 1  # type: ignore[comparison-overlap]
+    assert fi.Status.NONFINITE == 2  # type: ignore[comparison-overlap]
 
 
 def test_init_and_args_are_not_modified() -> None:

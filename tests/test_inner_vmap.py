@@ -177,7 +177,7 @@ def test_vmap_minimize_ridge_tasks() -> None:
 
     w0 = torch.zeros(d, dtype=F64)
     for method in (None, fi.GradientDescent(step_size=0.01, maxiter=5000)):
-        kw = {} if method is None else {"method": method}
+        kw: dict[str, Any] = {} if method is None else {"method": method}
         batched = vmap(lambda X, y, kw=kw: fi.minimize(loss, w0, lam, X, y, **kw))(X, y)
         singles = [fi.minimize(loss, w0, lam, Xi, yi, **kw) for Xi, yi in zip(X, y, strict=True)]
         assert_batch_equals_loop(batched, singles)
@@ -274,7 +274,7 @@ def test_vmap_grad_meta_loss_over_tasks_equals_loop() -> None:
         return 0.5 * ((Xv @ w - yv) ** 2).sum()
 
     for i in range(tasks):
-        ref = torch.autograd.functional.jacobian(
+        ref = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
             lambda ll, i=i: closed_form_meta_loss(ll, X[i], y[i], Xv[i], yv[i]), log_lam
         )
         torch.testing.assert_close(batched[i], ref, rtol=1e-8, atol=1e-10)

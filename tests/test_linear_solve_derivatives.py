@@ -17,7 +17,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -69,9 +69,12 @@ class Case:
         m = self.operator(a)
         ridge = 0.0 if self.solver is None else self.solver.ridge
         eye = torch.eye(m.shape[-1], dtype=m.dtype)
+        x: torch.Tensor
         if isinstance(self.solver, fi.NormalCG):
-            return torch.linalg.solve(m.mT @ m + ridge * eye, m.mT @ b)
-        return torch.linalg.solve(m + ridge * eye, b)
+            x = torch.linalg.solve(m.mT @ m + ridge * eye, m.mT @ b)
+        else:
+            x = torch.linalg.solve(m + ridge * eye, b)
+        return x
 
 
 CASES = (
@@ -104,7 +107,9 @@ def weights(n: int = N) -> torch.Tensor:
     return torch.linspace(-1.0, 2.0, n, dtype=F64)
 
 
-def loss_of(solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+def loss_of(
+    solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A scalar loss, nonlinear in ``x`` so that its Hessian in ``b`` is not zero either."""
 
     def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -148,7 +153,7 @@ def test_backward(case: Case) -> None:
     a, b = inputs(case)
     a.requires_grad_()
     b.requires_grad_()
-    loss_of(case.solve)(a, b).backward()
+    loss_of(case.solve)(a, b).backward()  # type: ignore[no-untyped-call]
     assert a.grad is not None
     assert b.grad is not None
     close((a.grad, b.grad), reference_grads(case, a, b))
@@ -165,7 +170,7 @@ def test_func_grad(case: Case) -> None:
 def test_vjp(case: Case) -> None:
     a, b = inputs(case)
     cotangent = rhs(N, 99)
-    x, pullback = func.vjp(case.solve, a, b)
+    x, pullback = func.vjp(case.solve, a, b)  # type: ignore[misc]
     close(x, case.reference(a, b))
     a_ref = a.clone().requires_grad_()
     b_ref = b.clone().requires_grad_()
@@ -177,7 +182,7 @@ def test_vjp(case: Case) -> None:
 def test_jacrev(case: Case) -> None:
     a, b = inputs(case)
     jac = func.jacrev(case.solve, argnums=(0, 1))(a, b)
-    close(jac, ref_jacobian(case.reference, (a, b)))
+    close(jac, ref_jacobian(case.reference, (a, b)))  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -186,7 +191,7 @@ def test_jacrev_jacrev(case: Case) -> None:
     a, b = inputs(case)
     loss = loss_of(case.solve)
     hess = func.jacrev(func.jacrev(loss, argnums=(0, 1)), argnums=(0, 1))(a, b)
-    close(hess, ref_hessian(loss_of(case.reference), (a, b)))
+    close(hess, ref_hessian(loss_of(case.reference), (a, b)))  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,9 +202,9 @@ def test_jacrev_jacrev(case: Case) -> None:
 def test_jvp(case: Case) -> None:
     a, b = inputs(case)
     ta, tb = case.matrix(N, 5), rhs(N, 5)
-    x, tangent = func.jvp(case.solve, (a, b), (ta, tb))
+    x, tangent = func.jvp(case.solve, (a, b), (ta, tb))  # type: ignore[misc]
     close(x, case.reference(a, b))
-    jac_a, jac_b = ref_jacobian(case.reference, (a, b))
+    jac_a, jac_b = ref_jacobian(case.reference, (a, b))  # type: ignore[no-untyped-call]
     expected = torch.einsum("ijk,jk->i", jac_a, ta) + jac_b @ tb
     close(tangent, expected)
 
@@ -208,7 +213,7 @@ def test_jvp(case: Case) -> None:
 def test_jacfwd(case: Case) -> None:
     a, b = inputs(case)
     jac = func.jacfwd(case.solve, argnums=(0, 1))(a, b)
-    close(jac, ref_jacobian(case.reference, (a, b)))
+    close(jac, ref_jacobian(case.reference, (a, b)))  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -216,7 +221,7 @@ def test_hessian(case: Case) -> None:
     """``torch.func.hessian`` is forward-over-reverse (jacfwd of jacrev)."""
     a, b = inputs(case)
     hess = func.hessian(loss_of(case.solve), argnums=(0, 1))(a, b)
-    close(hess, ref_hessian(loss_of(case.reference), (a, b)))
+    close(hess, ref_hessian(loss_of(case.reference), (a, b)))  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +249,7 @@ def test_vmap_jacrev(case: Case) -> None:
     a, b = batch(case)
     jac = func.vmap(func.jacrev(case.solve, argnums=(0, 1)))(a, b)
     for i in range(a.shape[0]):
-        expected = ref_jacobian(case.reference, (a[i], b[i]))
+        expected = ref_jacobian(case.reference, (a[i], b[i]))  # type: ignore[no-untyped-call]
         close((jac[0][i], jac[1][i]), expected)
 
 
@@ -316,10 +321,10 @@ def test_vectorized_autograd_functional(case: Case) -> None:
     """``torch.autograd.functional`` with ``vectorize=True`` (classic batched gradients,
     ``autograd.grad(..., is_grads_batched=True)``, as gradcheck's ``check_batched_grad``)."""
     a, b = inputs(case)
-    jac = torch.autograd.functional.jacobian(case.solve, (a, b), vectorize=True)
-    close(jac, ref_jacobian(case.reference, (a, b)))
-    hess = torch.autograd.functional.hessian(loss_of(case.solve), (a, b), vectorize=True)
-    close(hess, ref_hessian(loss_of(case.reference), (a, b)))
+    jac = torch.autograd.functional.jacobian(case.solve, (a, b), vectorize=True)  # type: ignore[no-untyped-call]
+    close(jac, ref_jacobian(case.reference, (a, b)))  # type: ignore[no-untyped-call]
+    hess = torch.autograd.functional.hessian(loss_of(case.solve), (a, b), vectorize=True)  # type: ignore[no-untyped-call]
+    close(hess, ref_hessian(loss_of(case.reference), (a, b)))  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,12 +385,12 @@ def test_pytree_rhs_and_dict_args() -> None:
     close(solve(*args), reference(*args))
     assert all(item == ("coupled", sentinel, 2.0, 7) for item in seen)
     assert all(item[1] is sentinel for item in seen)
-    close(func.jacrev(solve, argnums=(0, 1, 2, 3))(*args), ref_jacobian(reference, args))
+    close(func.jacrev(solve, argnums=(0, 1, 2, 3))(*args), ref_jacobian(reference, args))  # type: ignore[no-untyped-call]
     tangents = tuple(torch.ones_like(t) for t in args)
-    _, jvp_out = func.jvp(solve, args, tangents)
+    _, jvp_out = func.jvp(solve, args, tangents)  # type: ignore[misc]
     expected = sum(
         torch.tensordot(j, t, dims=t.dim())
-        for j, t in zip(ref_jacobian(reference, args), tangents, strict=True)
+        for j, t in zip(ref_jacobian(reference, args), tangents, strict=True)  # type: ignore[no-untyped-call]
     )
     close(jvp_out, expected)
 
@@ -406,7 +411,7 @@ def test_data_argument_gets_no_gradient(solver: Any) -> None:
         return a @ v + d * v
 
     x = fi.linear_solve(matvec, b, a, data, solve=solver)
-    x.square().sum().backward()
+    x.square().sum().backward()  # type: ignore[no-untyped-call]
     assert data.grad is None
     assert b.grad is None
     a_ref = a.detach().requires_grad_()
@@ -433,10 +438,11 @@ def test_same_tensor_as_rhs_and_argument(case: Case) -> None:
         return fi.linear_solve(matvec, c, c, solve=case.solver)
 
     def reference(c: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve(a0 + torch.diag(c), c)
+        x: torch.Tensor = torch.linalg.solve(a0 + torch.diag(c), c)
+        return x
 
     close(solve(c), reference(c))
-    expected = ref_jacobian(reference, c)
+    expected = ref_jacobian(reference, c)  # type: ignore[no-untyped-call]
     close(func.jacrev(solve)(c), expected)
     close(func.jacfwd(solve)(c), expected)
     leaf = c.clone().requires_grad_()
@@ -448,10 +454,11 @@ def test_same_tensor_as_rhs_and_argument(case: Case) -> None:
         return fi.linear_solve(lambda v, p, q: a0 @ v + p * q * v, c, c, c, solve=case.solver)
 
     def reference_twice(c: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve(a0 + torch.diag(c * c), c)
+        x: torch.Tensor = torch.linalg.solve(a0 + torch.diag(c * c), c)
+        return x
 
-    close(func.jacrev(solve_twice)(c), ref_jacobian(reference_twice, c))
-    close(func.jacfwd(solve_twice)(c), ref_jacobian(reference_twice, c))
+    close(func.jacrev(solve_twice)(c), ref_jacobian(reference_twice, c))  # type: ignore[no-untyped-call]
+    close(func.jacfwd(solve_twice)(c), ref_jacobian(reference_twice, c))  # type: ignore[no-untyped-call]
 
 
 def test_init_is_not_differentiated() -> None:
@@ -482,13 +489,14 @@ def test_normal_cg_least_squares() -> None:
 
     def closed_form(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # x = (A^T A)^{-1} A^T b, differentiated by autograd through the normal equations.
-        return torch.linalg.solve(a.mT @ a, a.mT @ b)
+        x: torch.Tensor = torch.linalg.solve(a.mT @ a, a.mT @ b)
+        return x
 
     x = solve(a, b)
     assert x.shape == (n,)
     close(x, torch.linalg.lstsq(a, b[:, None]).solution[:, 0])
-    close(func.jacrev(solve, argnums=(0, 1))(a, b), ref_jacobian(closed_form, (a, b)))
-    close(func.jacfwd(solve, argnums=(0, 1))(a, b), ref_jacobian(closed_form, (a, b)))
+    close(func.jacrev(solve, argnums=(0, 1))(a, b), ref_jacobian(closed_form, (a, b)))  # type: ignore[no-untyped-call]
+    close(func.jacfwd(solve, argnums=(0, 1))(a, b), ref_jacobian(closed_form, (a, b)))  # type: ignore[no-untyped-call]
     leaves = (a.clone().requires_grad_(), b.clone().requires_grad_())
     assert torch.autograd.gradcheck(solve, leaves)
     assert torch.autograd.gradgradcheck(solve, leaves)
@@ -498,7 +506,9 @@ def test_normal_cg_least_squares() -> None:
 # A backward solve that fails is reported, never a silent wrong gradient
 
 
-def backward_failure_setup(on_failure: str) -> tuple[torch.Tensor, torch.Tensor]:
+def backward_failure_setup(
+    on_failure: Literal["warn", "raise", "ignore"],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward solve starts at the solution (0 iterations, converged); the transposed
     solve of the backward pass starts from zero and gets a single iteration."""
     a, b = nonsymmetric(6, 100.0, 0), rhs(6, 0)
@@ -514,13 +524,13 @@ def backward_failure_setup(on_failure: str) -> tuple[torch.Tensor, torch.Tensor]
 def test_backward_failure_warns() -> None:
     x, _ = backward_failure_setup("warn")
     with pytest.warns(fi.ConvergenceWarning, match=r"(?s)linear_solve.*did not converge"):
-        x.sum().backward()
+        x.sum().backward()  # type: ignore[no-untyped-call]
 
 
 def test_backward_failure_raises() -> None:
     x, _ = backward_failure_setup("raise")
     with pytest.raises(fi.ConvergenceError, match="did not converge"):
-        x.sum().backward()
+        x.sum().backward()  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,11 +545,14 @@ def test_forward_over_forward_is_never_silently_wrong(nesting: str) -> None:
     case = CASES[5]  # LU: exact, so any discrepancy is the transform's
     a, b = inputs(case)
     loss = loss_of(case.solve)
-    expected = ref_hessian(loss_of(case.reference), (a, b))
+    expected = ref_hessian(loss_of(case.reference), (a, b))  # type: ignore[no-untyped-call]
     ta = case.matrix(N, 7)
 
     def directional(a: torch.Tensor) -> torch.Tensor:  # d^2 loss along (ta, ta)
-        return func.jvp(lambda m: func.jvp(lambda k: loss(k, b), (m,), (ta,))[1], (a,), (ta,))[1]
+        second: torch.Tensor = func.jvp(
+            lambda m: func.jvp(lambda k: loss(k, b), (m,), (ta,))[1], (a,), (ta,)
+        )[1]
+        return second
 
     refusal = None
     try:

@@ -95,7 +95,8 @@ class Counter:
                 self.calls += 1
                 return matvec(a, v)
 
-            return solver.run(counted, b)
+            result: fi.LinearSolveResult[Any] = solver.run(counted, b)
+            return result
 
         return run
 
@@ -241,7 +242,8 @@ def test_dense_nested_vmap_outer_batched_operator(
     b = torch.stack([torch.stack([rhs(n, 10 * s + k) for k in range(4)]) for s in range(3)])
 
     def solve(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return entry.solver(lambda u: matvec(m, u), v)
+        x: torch.Tensor = entry.solver(lambda u: matvec(m, u), v)
+        return x
 
     x = vmap(lambda m, vs: vmap(lambda v: solve(m, v))(vs))(a, b)
     reference = torch.linalg.solve(a[:, None], b[..., None])[..., 0]
@@ -264,7 +266,8 @@ def test_vmap_pytree(entry: Entry) -> None:
             out = exact_matvec(m, torch.cat([v["u"], v["w"]]))
             return {"u": out[:3], "w": out[3:]}
 
-        return entry.solver.run(matvec, {"u": vec[:3], "w": vec[3:]})
+        result: fi.LinearSolveResult[Any] = entry.solver.run(matvec, {"u": vec[:3], "w": vec[3:]})
+        return result
 
     batched = vmap(run)(a, b)
     assert set(batched.solution) == {"u", "w"}
