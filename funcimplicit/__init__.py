@@ -1,5 +1,6 @@
 """funcimplicit: implicit differentiation of solutions, native to ``torch.func``."""
 
+from . import nn as nn
 from ._convergence import ConvergenceError as ConvergenceError
 from ._convergence import ConvergenceWarning as ConvergenceWarning
 from ._convergence import LinearSolveResult as LinearSolveResult
@@ -60,6 +61,7 @@ __all__ = [
     "implicit_root",
     "linear_solve",
     "minimize",
+    "nn",
     "root_jvp",
     "root_vjp",
     "solve_fixed_point",
