@@ -138,7 +138,11 @@ def check_no_captured_tensors(fn: Callable[..., Any], call: str, name: str) -> N
 
     Derivatives flow only through the explicit arguments: a tensor captured by a closure is
     invisible to the implicit rule, so its gradient would be silently zero or wrong.
+    Under ``torch.compile`` (which cannot trace closure inspection) the check is skipped:
+    the eager run of the same code performs it.
     """
+    if torch.compiler.is_compiling():
+        return
     for where, value in _captured_objects(fn, 0):
         if _tracked_tensor(value):
             kind = (
