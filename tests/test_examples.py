@@ -1,0 +1,59 @@
+"""Smoke-run every example in ``examples/`` with ``--quick``, as CI does.
+
+Each example must exit 0, print a final line starting with ``RESULT:``, raise no
+``ConvergenceWarning`` and write its plots to ``--out``. To add an example, append its name to
+``EXAMPLES`` (and the files it writes to ``OUTPUTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+
+# Script names in examples/, without ".py".
+EXAMPLES = [
+    "ridge_hyperparameters",
+    "logistic_weight_decay",
+]
+
+# Files each example must write to its --out folder.
+OUTPUTS: dict[str, list[str]] = {
+    "ridge_hyperparameters": ["ridge_hyperparameters.png"],
+    "logistic_weight_decay": ["logistic_weight_decay.png"],
+}
+
+TIMEOUT_S = 300  # --quick runs take seconds; this only stops a hang
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_quick(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    script = EXAMPLES_DIR / f"{name}.py"
+    assert script.is_file(), f"{script} is listed in EXAMPLES but does not exist"
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "default"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=EXAMPLES_DIR.parent,
+        env=env,
+        check=False,
+    )
+    report = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, report
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, report
+    assert lines[-1].startswith("RESULT:"), report
+    assert "ConvergenceWarning" not in proc.stderr, report
+    for output in OUTPUTS.get(name, []):
+        path = tmp_path / output
+        assert path.is_file(), f"{name} did not write {output}"
+        assert path.stat().st_size > 0, f"{name} wrote an empty {output}"
