@@ -71,7 +71,7 @@ class LU(_DenseSolver):
     Uses ``lu_factor``/``lu_unpack`` and two triangular solves, which stay correct under
     nested ``vmap`` (``torch.linalg.solve``/``lu_solve`` do not on torch 2.13).
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> A = torch.tensor([[0.0, 1.0], [2.0, 1.0]], dtype=torch.float64)
         >>> b = torch.tensor([1.0, 3.0], dtype=torch.float64)
@@ -94,7 +94,7 @@ class LU(_DenseSolver):
 class Cholesky(_DenseSolver):
     """Dense Cholesky for symmetric positive definite ``A``; an indefinite ``A`` is reported.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
         >>> b = torch.tensor([5.0, 4.0], dtype=torch.float64)

@@ -27,7 +27,7 @@ class FixedPointIteration(InnerMethod):
     Converges linearly for a contraction (rate = its Lipschitz constant); one evaluation of
     ``F`` per iteration, nothing stored.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def F(x, theta):
         ...     return torch.cos(x) + theta
@@ -75,7 +75,7 @@ class Anderson(InnerMethod):
     histories stay finite; if the weights still fail, the step falls back to a plain
     damped iteration. Solves linear maps that are not contractions, too.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def F(x, c):  # not a contraction: x <- -2 x + c diverges, Anderson does not
         ...     return -2.0 * x + c

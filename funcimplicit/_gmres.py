@@ -38,7 +38,7 @@ class GMRES(IterativeSolver):
     restart recomputes the true residual. ``maxiter`` counts Arnoldi steps (one matvec each);
     at most ``ceil(maxiter / restart)`` cycles run.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> A = torch.tensor([[3.0, 1.0], [-1.0, 2.0]], dtype=torch.float64)
         >>> b = torch.tensor([1.0, 1.0], dtype=torch.float64)

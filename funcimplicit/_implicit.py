@@ -151,7 +151,7 @@ def root_vjp(
     Returns:
         One pytree per argument, shaped like it, with ``None`` at non-tensor leaves.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def T(x, a):  # root x* = a / 2
         ...     return 2 * x - a
@@ -204,7 +204,7 @@ def root_jvp(
     Returns:
         The tangent of the solution, shaped like ``solution``.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def T(x, a):  # root x* = a / 2
         ...     return 2 * x - a

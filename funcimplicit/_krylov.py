@@ -47,7 +47,7 @@ class CG(IterativeSolver):
     ``b - A x`` once, so a non-symmetric or indefinite ``A`` is reported as a failure
     instead of returning a wrong answer silently.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
         >>> x = fi.CG()(lambda v: A @ v, torch.tensor([1.0, 2.0], dtype=torch.float64))
@@ -107,7 +107,7 @@ class NormalCG(IterativeSolver):
     condition number costs digits in low precision: prefer GMRES or BiCGStab for square
     non-symmetric systems. For a non-square ``A`` pass ``init`` to fix the shape of ``x``.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> A = torch.tensor([[1.0, 2.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
         >>> b = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
@@ -158,7 +158,7 @@ class BiCGStab(IterativeSolver):
     Right-preconditioned, so the residual it tracks is the true residual's recurrence.
     Breakdowns (``<r0, r> = 0`` or ``omega = 0``) stop the element and are reported.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> A = torch.tensor([[3.0, 1.0], [-1.0, 2.0]], dtype=torch.float64)
         >>> b = torch.tensor([1.0, 1.0], dtype=torch.float64)
@@ -215,7 +215,7 @@ class Neumann(IterativeSolver):
     contractive fixed-point map with Jacobian ``J``. One matvec per iteration, no inner
     products besides the residual norm. The residual checked is the true one.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> J = torch.tensor([[0.2, 0.1], [0.0, 0.3]], dtype=torch.float64)
         >>> b = torch.tensor([1.0, 1.0], dtype=torch.float64)

@@ -237,7 +237,7 @@ def linear_solve(
     Returns:
         ``x`` with the structure of ``b`` (of ``init`` for ``NormalCG``).
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def matvec(v, diag):
         ...     return diag * v

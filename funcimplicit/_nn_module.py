@@ -21,11 +21,11 @@ from ._checks import floating_leaves
 from ._gmres import GMRES
 from ._implicit import attach
 from ._krylov import CG
+from ._nn_state import Functional as Functional
 from ._solver_base import LinearSolverBase
 
 __all__ = ["Functional", "ImplicitMetaGradientModule"]
 
-Functional = state.Functional
 F = TypeVar("F", bound=Callable[..., Any])
 _METHODS = ("objective", "optimality", "solve")
 
@@ -131,7 +131,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
     instance, ``module.linear_solver = fi.GMRES()``; the default is ``fi.CG()`` when the
     optimality is derived from an objective (a symmetric Hessian) and ``fi.GMRES()`` otherwise.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> class Ridge(fi.nn.ImplicitMetaGradientModule, solve=fi.CG()):
         ...     def __init__(self, lam):
@@ -188,7 +188,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         """The inner loss: a scalar tensor of the inner (and meta-) parameters. Define it, or
         :meth:`optimality`.
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Mean(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, target):
@@ -212,7 +212,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         parameter that requires grad, in ``parameters()`` order (or a dict keyed by name). By
         default the gradient of :meth:`objective` in the inner parameters (stationarity).
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Mean(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, target):
@@ -237,7 +237,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         """Fit the inner parameters in place by any inner loop; its return value is passed
         through. After it returns, the inner parameters carry implicit derivatives.
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Mean(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, target):
@@ -271,7 +271,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         Any floating-point tensor may be registered; only those that require grad receive
         gradients. The tensor is kept as it is (not converted to ``nn.Parameter``).
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Shift(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, offsets):
@@ -299,7 +299,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         """Register ``module`` as the meta-module ``name``: its parameters are meta-parameters
         (whatever its ``training`` mode), and ``parameters()`` does not list them.
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Head(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, body):
@@ -331,7 +331,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         """``(name, tensor)`` for each meta-parameter: registered tensors, leaves of registered
         pytrees (``hyper.lam``) and parameters of meta-modules (``net.weight``).
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Fit(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, hyper):
@@ -355,7 +355,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
     def meta_parameters(self, recurse: bool = True) -> Iterator[torch.Tensor]:
         """The meta-parameters (see :meth:`named_meta_parameters`), in the same order.
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Mean(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, target):
@@ -378,7 +378,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
     def meta_modules(self) -> Iterator[nn.Module]:
         """Every meta-module and its submodules (each once).
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Head(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, body):
@@ -416,7 +416,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         the module and read its structure as it is now. Use them with ``fi.minimize`` or
         ``fi.implicit_root`` under ``torch.func.vmap`` to get per-task meta-gradients.
 
-        Example:
+        Examples:
             >>> import torch, funcimplicit as fi
             >>> class Ridge(fi.nn.ImplicitMetaGradientModule):
             ...     def __init__(self, lam):

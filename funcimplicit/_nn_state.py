@@ -398,7 +398,7 @@ class Functional(NamedTuple):
             solution (the gradient of the objective when the class defines only that).
         forward: ``forward(inner, meta, *args)``, the module's ``forward``.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> class Scale(fi.nn.ImplicitMetaGradientModule):
         ...     def __init__(self, a):

@@ -190,7 +190,7 @@ def implicit_root(
     Returns:
         A decorator that keeps the solver's signature.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def stationarity(x, a):  # gradient of 0.5 * ||x||^2 - a . sin(x)... simplified
         ...     return x - a
@@ -246,7 +246,7 @@ def fixed_point(
     is not symmetric, so the default linear solver is ``GMRES()``; ``Neumann()`` also applies
     when ``F`` is a contraction. See :func:`implicit_root` for the arguments.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def F(z, w):  # a contraction with fixed point z* = w / (1 - 0.5)
         ...     return 0.5 * z + w

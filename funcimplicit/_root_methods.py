@@ -28,7 +28,7 @@ class Broyden(InnerMethod):
     An update with a vanishing denominator is skipped. ``scale = 1`` suits fixed points
     (``T = x - F(x)`` has Jacobian ``I - dF/dx``).
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def F(z, w):
         ...     return torch.tanh(0.5 * z + w)
@@ -136,7 +136,7 @@ class Newton(InnerMethod):
     the merit ``||T||^2 / 2`` (the objective, when minimizing) decreases enough. For a
     minimization ``J`` is the Hessian: ``solve=fi.CG()`` gives Newton-CG.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def T(x, a):
         ...     return x ** 3 - a
@@ -208,7 +208,7 @@ class GradientDescent(InnerMethod):
     With ``backtracking``, each step starts at ``step_size`` and is halved until the
     Armijo condition holds. Also usable on a root problem (``x <- x - step_size T(x)``).
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def L(x, a):
         ...     return ((x - a) ** 2).sum()

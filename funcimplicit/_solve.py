@@ -168,7 +168,7 @@ def solve_fixed_point(
         (``||F(x) - x||``), ``converged`` and ``status``; batched under ``vmap``, where each
         element stops when it converges and the batch when all have.
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def F(x, theta):
         ...     return torch.cos(x) + theta
@@ -214,7 +214,7 @@ def solve_root(
     Returns:
         A :class:`Solution` (``residual_norm`` is ``||T(x)||``).
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def T(x, a):
         ...     return x ** 3 - a
@@ -262,7 +262,7 @@ def minimize(
     Returns:
         A :class:`Solution` (``residual_norm`` is the gradient norm).
 
-    Example:
+    Examples:
         >>> import torch, funcimplicit as fi
         >>> def L(w, lam, X, y):  # ridge regression
         ...     return 0.5 * ((X @ w - y) ** 2).sum() + 0.5 * lam * (w ** 2).sum()

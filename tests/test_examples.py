@@ -20,12 +20,14 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES = [
     "ridge_hyperparameters",
     "logistic_weight_decay",
+    "dataset_distillation",
 ]
 
 # Files each example must write to its --out folder.
 OUTPUTS: dict[str, list[str]] = {
     "ridge_hyperparameters": ["ridge_hyperparameters.png"],
     "logistic_weight_decay": ["logistic_weight_decay.png"],
+    "dataset_distillation": ["dataset_distillation.png"],
 }
 
 TIMEOUT_S = 300  # --quick runs take seconds; this only stops a hang
