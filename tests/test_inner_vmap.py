@@ -19,14 +19,8 @@ import funcimplicit as fi
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """These problems are tiny: one intra-op thread is as fast, and on a shared machine a
-    second thread waiting for a busy core slowed small matmuls by orders of magnitude."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny problems: one intra-op thread (the shared fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 METHODS = {
