@@ -21,6 +21,8 @@ EXAMPLES = [
     "ridge_hyperparameters",
     "logistic_weight_decay",
     "dataset_distillation",
+    "imaml_digits",
+    "deq_digits",
 ]
 
 # Files each example must write to its --out folder.
@@ -28,6 +30,8 @@ OUTPUTS: dict[str, list[str]] = {
     "ridge_hyperparameters": ["ridge_hyperparameters.png"],
     "logistic_weight_decay": ["logistic_weight_decay.png"],
     "dataset_distillation": ["dataset_distillation.png"],
+    "imaml_digits": ["imaml_digits.png"],
+    "deq_digits": ["deq_digits.png"],
 }
 
 TIMEOUT_S = 300  # --quick runs take seconds; this only stops a hang
