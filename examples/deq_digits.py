@@ -212,7 +212,7 @@ def plot(
     axes[2].set_title(f"saved-for-backward memory, one step (batch {BATCH})")
     axes[2].set_xlabel("mean Anderson iterations per image")
     axes[2].set_ylabel("MiB")
-    axes[2].set_ylim(bottom=0)
+    axes[2].set_ylim(0, 1.15 * max(s[3] for s in sweep) / 2**20)
     axes[2].grid(alpha=0.3)
     axes[2].legend()
     fig.tight_layout()

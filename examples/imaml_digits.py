@@ -173,6 +173,11 @@ def inner_gradient(phi: Params, theta: Params, lam: float, x: Tensor, y: Tensor)
     return {k: g[k] + lam * (phi[k] - theta[k]) for k in phi}
 
 
+def tree_norm(p: Params) -> Tensor:
+    """Euclidean norm over all parameters jointly."""
+    return torch.sqrt(torch.stack([(t**2).sum() for t in p.values()]).sum())
+
+
 def curvature(phi: Params, theta: Params, lam: float, x: Tensor, y: Tensor) -> Tensor:
     """Largest Hessian eigenvalue (in modulus) of the inner objective at ``phi``, estimated by
     power iteration on finite differences of :func:`inner_gradient` (no autograd; vmappable)."""
@@ -180,12 +185,12 @@ def curvature(phi: Params, theta: Params, lam: float, x: Tensor, y: Tensor) -> T
     v = inner_gradient(phi, theta, lam, x, y)  # a start direction that is never zero
     estimate = torch.zeros(())
     for _ in range(POWER_ITERATIONS):
-        norm = torch.sqrt(sum((t**2).sum() for t in v.values())) + 1e-12
+        norm = tree_norm(v) + 1e-12
         v = {k: t / norm for k, t in v.items()}
         plus = inner_gradient({k: phi[k] + eps * v[k] for k in phi}, theta, lam, x, y)
         minus = inner_gradient({k: phi[k] - eps * v[k] for k in phi}, theta, lam, x, y)
         hv = {k: (plus[k] - minus[k]) / (2 * eps) for k in phi}
-        estimate = torch.sqrt(sum((t**2).sum() for t in hv.values()))
+        estimate = tree_norm(hv)
         v = hv
     return estimate
 
@@ -368,11 +373,8 @@ def inner_residual(theta: Params, task: tuple[Tensor, ...], cfg: Config, steps: 
     xs, ys = task[0], task[1]
     phi = make_inner_solver(steps, cfg.inner_lr)(theta, theta, cfg.lam, xs, ys)
 
-    def norm(g: Params) -> float:
-        return math.sqrt(sum(float((v**2).sum()) for v in g.values()))
-
-    start = norm(inner_gradient(theta, theta, cfg.lam, xs, ys))
-    return norm(inner_gradient(phi, theta, cfg.lam, xs, ys)) / start
+    start = tree_norm(inner_gradient(theta, theta, cfg.lam, xs, ys))
+    return float(tree_norm(inner_gradient(phi, theta, cfg.lam, xs, ys)) / start)
 
 
 MemoryRow = tuple[int, int, int, float, float, float, float]
