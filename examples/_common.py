@@ -156,3 +156,22 @@ def savefig(fig: Figure, out: Path, name: str) -> Path:
     plt.close(fig)
     print(f"saved {path}")
     return path
+
+
+class SavedBytes:
+    """``saved_tensors_hooks`` that add up the bytes of every storage saved for backward."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def unpack(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from _common import Progress, parse_args, savefig, seed_everything
+from _common import Progress, SavedBytes, parse_args, savefig, seed_everything
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
@@ -87,25 +87,6 @@ def forward(
 
     z, iterations, converged = torch.func.vmap(equilibrium, in_dims=(None, 0))(w, injection)
     return z @ p["R"].T + p["c"], iterations, converged
-
-
-class SavedBytes:
-    """``saved_tensors_hooks`` that add up the bytes of every storage saved for backward."""
-
-    def __init__(self) -> None:
-        self.storages: dict[int, int] = {}
-
-    def pack(self, t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        self.storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    def unpack(self, t: Tensor) -> Tensor:
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.storages.values())
 
 
 def step_memory(

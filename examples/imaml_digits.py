@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import Progress, Timer, parse_args, savefig, seed_everything
+from _common import Progress, SavedBytes, Timer, parse_args, savefig, seed_everything
 from sklearn.datasets import load_digits
 from torch import Tensor
 
@@ -319,25 +319,6 @@ def meta_train(
 
 
 # ----------------------------------------------------------------------------- memory
-
-
-class SavedBytes:
-    """``saved_tensors_hooks`` that add up the bytes of every storage saved for backward."""
-
-    def __init__(self) -> None:
-        self.storages: dict[int, int] = {}
-
-    def pack(self, t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        self.storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    def unpack(self, t: Tensor) -> Tensor:
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.storages.values())
 
 
 def classic_meta_gradient(

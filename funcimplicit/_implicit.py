@@ -21,7 +21,7 @@ from . import _func, _tree
 from ._checks import check_same_layout, refuse_forward_over_forward
 from ._linear_solve import LinearProblem, solve_tree
 from ._loop import physical
-from ._packing import ArgsLayout, TensorPool, TreeLayout
+from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
 from ._solver_base import LinearSolverBase
 from ._tree import TensorTree, TreeT
 
@@ -266,13 +266,9 @@ class _ImplicitRootFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-        problem, *tensors = inputs
-        ctx.problem = problem
-        ctx.count = len(tensors)
         # The rule is evaluated at the *output* solution, which carries its own derivative:
         # using the detached input instead would make second derivatives silently wrong.
-        ctx.save_for_backward(*tensors, *output)
-        ctx.save_for_forward(*tensors, *output)
+        save_inputs_and_outputs(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

@@ -26,7 +26,7 @@ from ._checks import (
 from ._convergence import LinearSolveResult, report
 from ._gmres import GMRES
 from ._krylov import CG, NormalCG
-from ._packing import ArgsLayout, TensorPool, TreeLayout
+from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
 from ._solver_base import LinearSolverBase, default_rtol, rounding_slack
 from ._tree import TensorTree, TreeT
 
@@ -111,11 +111,7 @@ class _LinearSolveFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-        problem, *tensors = inputs
-        ctx.problem = problem
-        ctx.count = len(tensors)
-        ctx.save_for_backward(*tensors, *output)
-        ctx.save_for_forward(*tensors, *output)
+        save_inputs_and_outputs(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

@@ -17,7 +17,7 @@ from optree import PyTreeSpec
 
 from . import _tree
 
-__all__ = ["ArgsLayout", "TensorPool", "TreeLayout"]
+__all__ = ["ArgsLayout", "TensorPool", "TreeLayout", "save_inputs_and_outputs"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,13 @@ class TensorPool:
             (True, self.add(v)) if isinstance(v, torch.Tensor) else (False, v) for v in leaves
         )
         return ArgsLayout(spec, slots)
+
+
+def save_inputs_and_outputs(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+    """``setup_context`` shared by the rules: the non-tensor problem goes on ``ctx``; the
+    packed tensors and the outputs are saved for both backward and jvp."""
+    problem, *tensors = inputs
+    ctx.problem = problem
+    ctx.count = len(tensors)
+    ctx.save_for_backward(*tensors, *output)
+    ctx.save_for_forward(*tensors, *output)
