@@ -9,6 +9,8 @@ from ._dense import Cholesky as Cholesky
 from ._fixed_point_methods import Anderson as Anderson
 from ._fixed_point_methods import FixedPointIteration as FixedPointIteration
 from ._gmres import GMRES as GMRES
+from ._hypergradient import Hypergradient as Hypergradient
+from ._hypergradient import hypergradient as hypergradient
 from ._implicit import root_jvp as root_jvp
 from ._implicit import root_vjp as root_vjp
 from ._inner import InnerMethod as InnerMethod
@@ -45,6 +47,7 @@ __all__ = [
     "FixedPointIteration",
     "GMRES",
     "GradientDescent",
+    "Hypergradient",
     "InnerMethod",
     "InnerProblem",
     "InnerSolver",
@@ -58,6 +61,7 @@ __all__ = [
     "Status",
     "TensorTree",
     "fixed_point",
+    "hypergradient",
     "implicit_root",
     "linear_solve",
     "minimize",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from optree import PyTreeSpec
 
 from . import _tree
+
+RuleT = TypeVar("RuleT", bound=Callable[..., Any])
 
 __all__ = [
     "check_no_captured_tensors",
@@ -19,7 +21,9 @@ __all__ = [
     "floating_leaves",
     "is_transformed",
     "may_mutate",
+    "never_compiled",
     "refuse_forward_over_forward",
+    "refuse_whole_graph_trace",
 ]
 
 
@@ -206,6 +210,38 @@ def may_mutate(*tensors: torch.Tensor) -> bool:
         return False
     names = active_transforms()
     return names is not None and all(name == "Vmap" for name in names)
+
+
+def never_compiled(rule: RuleT) -> RuleT:
+    """Keep ``torch.compile`` out of a derivative rule of an ``autograd.Function``.
+
+    ``torch.compile(torch.func.grad(f))`` or ``torch.compile(torch.func.jvp(...))`` over an
+    implicit function falls back to eager for the transform on torch 2.13, but keeps compiling
+    every Python frame it calls, including the custom ``backward``/``jvp`` rule, whose
+    inputs are then functorch-wrapped tensors that AOTAutograd cannot take ("Cannot access
+    storage of TensorWrapper"). Run eagerly, the rule is correct under every transform; a
+    rule never runs inside a compiled graph anyway (dynamo breaks the graph at the
+    Function), so nothing is lost.
+    """
+    return cast(RuleT, torch.compiler.disable(rule))  # type: ignore[no-untyped-call]
+
+
+def refuse_whole_graph_trace(problem: object, expected: type, call: str) -> None:
+    """Raise a clear error where dynamo traces an implicit ``autograd.Function`` whole.
+
+    With ``fullgraph=True`` (no graph break allowed), torch 2.13's dynamo tries to trace the
+    Function and calls its ``forward`` with the ``ctx`` in place of the first argument; the
+    rule (a custom ``jvp``) is unsupported anyway, so no such trace can succeed.
+    """
+    if not isinstance(problem, expected):
+        raise RuntimeError(
+            f"{call}: torch.compile(..., fullgraph=True) cannot trace through an implicit "
+            "function on this torch: dynamo does not support an autograd.Function with a "
+            "custom jvp rule, which carries the implicit derivative. Compile without "
+            "fullgraph=True (the rule then runs eagerly and is correct), or, for a meta-"
+            "gradient compiled as one graph (also under vmap), use fi.hypergradient, which "
+            "is written with plain operations."
+        )
 
 
 def refuse_forward_over_forward(call: str) -> None:

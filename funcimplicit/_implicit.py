@@ -18,7 +18,12 @@ from typing import Any
 import torch
 
 from . import _func, _tree
-from ._checks import check_same_layout, refuse_forward_over_forward
+from ._checks import (
+    check_same_layout,
+    never_compiled,
+    refuse_forward_over_forward,
+    refuse_whole_graph_trace,
+)
 from ._linear_solve import LinearProblem, solve_tree
 from ._loop import physical
 from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
@@ -262,6 +267,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(problem: RootProblem, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        refuse_whole_graph_trace(problem, RootProblem, "fi.implicit_root / fi.fixed_point")
         return tuple(tensors[i].clone() for i in problem.solution.index)
 
     @staticmethod
@@ -271,6 +277,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
         save_inputs_and_outputs(ctx, inputs, output)
 
     @staticmethod
+    @never_compiled
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         problem: RootProblem = ctx.problem
         tensors, solution_leaves = _at_solution(ctx)
@@ -306,6 +313,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
         return (None, *out)
 
     @staticmethod
+    @never_compiled
     def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         problem: RootProblem = ctx.problem
         refuse_forward_over_forward(problem.label)

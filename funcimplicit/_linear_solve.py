@@ -21,7 +21,9 @@ from ._checks import (
     check_same_layout,
     derivatives_possible,
     floating_leaves,
+    never_compiled,
     refuse_forward_over_forward,
+    refuse_whole_graph_trace,
 )
 from ._convergence import LinearSolveResult, report
 from ._gmres import GMRES
@@ -97,6 +99,7 @@ class _LinearSolveFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(problem: LinearProblem, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        refuse_whole_graph_trace(problem, LinearProblem, "fi.linear_solve")
         assert problem.rhs is not None
         assert problem.args is not None
         rhs = problem.rhs.rebuild(tensors)
@@ -114,6 +117,7 @@ class _LinearSolveFunction(torch.autograd.Function):
         save_inputs_and_outputs(ctx, inputs, output)
 
     @staticmethod
+    @never_compiled
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         problem: LinearProblem = ctx.problem
         saved = ctx.saved_tensors
@@ -149,6 +153,7 @@ class _LinearSolveFunction(torch.autograd.Function):
         return (None, *out)
 
     @staticmethod
+    @never_compiled
     def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         problem: LinearProblem = ctx.problem
         refuse_forward_over_forward(problem.label)

@@ -22,7 +22,9 @@ R = TypeVar("R")
 AuxT = TypeVar("AuxT")
 
 
-def _normalize_argnums(argnums: int | Sequence[int] | None, call: str) -> tuple[int, ...] | None:
+def _normalize_argnums(
+    argnums: int | Sequence[int] | None, call: str, position_zero: str = "the solver's `init`"
+) -> tuple[int, ...] | None:
     if argnums is None:
         return None
     if isinstance(argnums, int):
@@ -38,9 +40,9 @@ def _normalize_argnums(argnums: int | Sequence[int] | None, call: str) -> tuple[
             raise TypeError(f"{call}: argnums must be ints; received {argnums!r}.")
         if k == 0:
             raise ValueError(
-                f"{call}: argnums={argnums!r} points at position 0, the solver's `init`, which is "
-                "never differentiated. Count the solver's positional arguments from 0 = init: "
-                "the first argument after init is 1."
+                f"{call}: argnums={argnums!r} points at position 0, {position_zero}, which is "
+                "never differentiated. Count positional arguments from 0 = "
+                f"{position_zero}: the first argument after it is 1."
             )
         if k < 0:
             raise ValueError(f"{call}: argnums must be positive positions; received {argnums!r}.")

@@ -28,6 +28,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "typing: mypy over typing/ (about 15 s); deselect with -m 'not typing'"
     )
+    config.addinivalue_line(
+        "markers",
+        "inductor: compiles with torch.compile's default backend (tens of seconds); "
+        "deselect with -m 'not inductor'",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,281 @@
+"""torch.compile: every supported path equals eager, and no combination is silently wrong.
+
+Pinned here, for torch 2.13 (a torch upgrade that changes any of it fails a test):
+
+- solver loops and ``fi.hypergradient`` compile as one graph (``fullgraph=True``): no graph
+  break, hence no host read or host-device synchronization inside them; loops run their
+  full ``maxiter`` with finished elements frozen;
+- ``torch.compile(loss)`` then ``.backward()`` uses the implicit rule (the rule runs eagerly);
+- ``torch.compile`` of a ``torch.func`` transform (grad, jvp, vmap(grad), jacrev, jacfwd,
+  hessian) of an implicit function equals eager (before the rules were kept out of compile,
+  grad and jvp failed with "Cannot access storage of TensorWrapper");
+- ``fullgraph=True`` through an implicit function raises an error naming ``fi.hypergradient``.
+
+The aot_eager backend keeps most tests fast (it checks tracing and graph breaks, not
+inductor's code generation); the tests marked ``inductor`` compile tiny problems with the
+default backend, as users do (tens of seconds each on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import funcimplicit as fi
+
+F64 = torch.float64
+
+# While tracing past an autograd.Function, torch 2.13's dynamo itself instantiates the
+# Function class and reads .grad of non-leaf tensors, and torch warns about its own use
+# (with filterwarnings=error the warning would become an error inside dynamo). Nothing in
+# funcimplicit or in these tests does either.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:<class 'torch.autograd.function.Function'> should not be instantiated"
+        ":DeprecationWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> None:
+    torch._dynamo.reset()
+
+
+def test_cg_compiles_without_graph_breaks() -> None:
+    torch.manual_seed(0)
+    m = torch.randn(6, 6, dtype=F64)
+    a, b = m @ m.T / 6 + torch.eye(6, dtype=F64), torch.randn(6, dtype=F64)
+    solver = fi.CG(maxiter=8, rtol=1e-12)
+
+    def solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return solver.run(lambda v: a @ v, b).solution
+
+    compiled = torch.compile(solve, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(a, b), solve(a, b), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(compiled(a, b), torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+
+
+def test_anderson_fixed_point_compiles_whole() -> None:
+    a = torch.linspace(-1.0, 1.0, 4, dtype=F64)
+    method = fi.Anderson(maxiter=12, on_failure="ignore")
+
+    def solve(a: torch.Tensor) -> torch.Tensor:
+        def layer(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(0.5 * z + a)
+
+        start = torch.zeros(4, dtype=F64)
+        return fi.solve_fixed_point(layer, start, a, method=method, implicit=False).value
+
+    compiled = torch.compile(solve, fullgraph=True, backend="aot_eager")
+    z = compiled(a)
+    torch.testing.assert_close(z, solve(a), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(z, torch.tanh(0.5 * z + a), rtol=1e-9, atol=1e-9)
+
+
+def test_compiled_loss_backward_through_implicit_root() -> None:
+    # torch.compile(loss) followed by .backward(): the custom backward is used (FINDINGS).
+    def cube(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return x**3 - a
+
+    @fi.implicit_root(cube, solve=fi.CG(maxiter=5))
+    def cube_root(init: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return a.sign() * a.abs() ** (1 / 3)
+
+    def loss(a: torch.Tensor) -> torch.Tensor:
+        return cube_root(torch.ones(2, dtype=F64), a).sum()
+
+    a = torch.tensor([8.0, 27.0], dtype=F64, requires_grad=True)
+    torch.compile(loss, backend="aot_eager")(a).backward()  # type: ignore[no-untyped-call]
+    assert a.grad is not None
+    torch.testing.assert_close(a.grad, 1 / (3 * a.detach() ** (2 / 3)), rtol=1e-10, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.func transforms of implicit functions, compiled: equal to eager.
+
+_A = torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.5, 0.2], [0.0, 0.2, 1.0]], dtype=F64)
+
+
+def _through_linear_solve(a: torch.Tensor) -> torch.Tensor:
+    def matvec(v: torch.Tensor, m: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return m @ v + a * v
+
+    ones = torch.ones(3, dtype=F64)
+    return fi.linear_solve(matvec, ones, _A, a, solve=fi.CG(maxiter=10)).square().sum()
+
+
+def _fixed_point_layer(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(0.5 * z + a)
+
+
+def _through_fixed_point(a: torch.Tensor) -> torch.Tensor:
+    method = fi.Anderson(maxiter=40)
+    start = torch.zeros(3, dtype=F64)
+    z = fi.solve_fixed_point(_fixed_point_layer, start, a, method=method, solve=fi.GMRES())
+    return z.value.square().sum()
+
+
+def _cube(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return x**3 - a
+
+
+@fi.implicit_root(_cube, solve=fi.CG(maxiter=5))
+def _cube_root(init: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return a.sign() * a.abs() ** (1 / 3)
+
+
+def _through_implicit_root(a: torch.Tensor) -> torch.Tensor:
+    return _cube_root(torch.ones(3, dtype=F64), a).square().sum()
+
+
+IMPLICIT_FUNCTIONS = {
+    "linear_solve": _through_linear_solve,
+    "solve_fixed_point": _through_fixed_point,
+    "implicit_root": _through_implicit_root,
+}
+
+
+def _stacked(f: Any) -> Any:
+    return lambda a: torch.func.vmap(torch.func.grad(f))(torch.stack([a, 1.5 * a]))
+
+
+TRANSFORMS: dict[str, Callable[[Callable[[torch.Tensor], torch.Tensor]], Any]] = {
+    "grad": torch.func.grad,
+    "jvp": lambda f: lambda a: torch.func.jvp(f, (a,), (torch.ones_like(a),))[1],
+    "vmap_grad": _stacked,
+    "jacrev": torch.func.jacrev,
+    "jacfwd": torch.func.jacfwd,
+    "hessian": torch.func.hessian,
+}
+
+
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+@pytest.mark.parametrize("function", list(IMPLICIT_FUNCTIONS))
+def test_compiled_transform_of_an_implicit_function_equals_eager(
+    function: str, transform: str
+) -> None:
+    # On torch 2.13 dynamo falls back to eager for the transform and the implicit rules are
+    # kept out of compile (never_compiled), so the result is exactly eager's. Should dynamo
+    # one day trace into the Function's forward and differentiate it (upstream 193279,
+    # 192985) the derivative would be wrong (the solver sees detached inputs): this fails.
+    fn: Callable[[torch.Tensor], torch.Tensor] = TRANSFORMS[transform](IMPLICIT_FUNCTIONS[function])
+    a = torch.tensor([0.8, 2.0, 0.3], dtype=F64)
+    expected = fn(a)
+    got = torch.compile(fn, backend="aot_eager")(a)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("function", ["linear_solve", "implicit_root"])
+@pytest.mark.parametrize("transform", ["none", "grad"])
+def test_fullgraph_through_an_implicit_function_names_the_alternative(
+    function: str, transform: str
+) -> None:
+    fn = IMPLICIT_FUNCTIONS[function]
+    if transform == "grad":
+        fn = torch.func.grad(fn)
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    with pytest.raises(Exception, match=r"fullgraph=True.*fi\.hypergradient"):
+        compiled(torch.tensor([0.8, 2.0, 0.3], dtype=F64))
+
+
+# --------------------------------------------------------------------------------------------
+# fi.hypergradient: one graph, alone and under vmap.
+
+
+def _ridge_problem() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 4, generator=g, dtype=F64), torch.randn(12, generator=g, dtype=F64)
+    xv, yv = torch.randn(8, 4, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
+    return x, y, xv, yv
+
+
+def _stationarity(w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> Any:
+    return x.T @ (x @ w - y) + lam * w
+
+
+def _ridge_hypergradient(
+    lam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    def val_loss(w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> Any:
+        return (xv @ w - yv).square().mean()
+
+    w = torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
+    out = fi.hypergradient(
+        val_loss, _stationarity, w, lam, x, y, solve=fi.CG(maxiter=6, rtol=1e-13)
+    )
+    return out.grad, out.adjoint.converged
+
+
+def _ridge_reference(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+    x, y, xv, yv = data
+
+    def loss(lam: torch.Tensor) -> torch.Tensor:
+        w = torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
+        loss: torch.Tensor = (xv @ w - yv).square().mean()
+        return loss
+
+    reference: torch.Tensor = torch.func.grad(loss)(lam)
+    return reference
+
+
+def test_hypergradient_compiles_as_one_graph() -> None:
+    data = _ridge_problem()
+    lam = torch.tensor([0.1, 0.5, 1.0, 2.0], dtype=F64)
+    explanation = torch._dynamo.explain(_ridge_hypergradient)(lam, *data)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(_ridge_hypergradient, fullgraph=True, backend="aot_eager")
+    grad, converged = compiled(lam, *data)
+    torch.testing.assert_close(grad, _ridge_hypergradient(lam, *data)[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, _ridge_reference(lam, *data), rtol=1e-9, atol=1e-13)
+    assert bool(converged)
+
+
+def test_hypergradient_compiles_under_vmap_without_recompiling() -> None:
+    data = _ridge_problem()
+    per_task = torch.func.vmap(_ridge_hypergradient, in_dims=(0, None, None, None, None))
+    compiled = torch.compile(per_task, fullgraph=True, backend="aot_eager")
+    g = torch.Generator().manual_seed(1)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):  # new values, same shapes: one compilation serves every call
+            lams = torch.rand(5, 4, generator=g, dtype=F64) + 0.05
+            grads, converged = compiled(lams, *data)
+            torch.testing.assert_close(grads, per_task(lams, *data)[0], rtol=1e-12, atol=1e-15)
+            for lam, grad in zip(lams, grads, strict=True):
+                torch.testing.assert_close(
+                    grad, _ridge_reference(lam, *data), rtol=1e-9, atol=1e-13
+                )
+            assert bool(converged.all())
+
+
+# --------------------------------------------------------------------------------------------
+# The default (inductor) backend, as users compile: tiny problems, small trip counts.
+
+
+# Inductor's CPU code generation uses torch.jit.script_method internally, which torch 2.13
+# itself deprecates; nothing here calls torch.jit.
+@pytest.mark.inductor
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_inductor_compiles_solvers_and_a_vmapped_hypergradient() -> None:
+    torch.manual_seed(0)
+    m = torch.randn(5, 5, dtype=F64)
+    a, b = m @ m.T / 5 + torch.eye(5, dtype=F64), torch.randn(5, dtype=F64)
+
+    def cg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return fi.CG(maxiter=6, rtol=1e-13).run(lambda v: a @ v, b).solution
+
+    torch.testing.assert_close(
+        torch.compile(cg, fullgraph=True)(a, b), torch.linalg.solve(a, b), rtol=1e-9, atol=0
+    )
+
+    data = _ridge_problem()
+    per_task = torch.func.vmap(_ridge_hypergradient, in_dims=(0, None, None, None, None))
+    lams = torch.rand(3, 4, generator=torch.Generator().manual_seed(2), dtype=F64) + 0.1
+    grads, _ = torch.compile(per_task, fullgraph=True)(lams, *data)
+    torch.testing.assert_close(grads, per_task(lams, *data)[0], rtol=1e-10, atol=1e-14)
