@@ -18,6 +18,7 @@ default backend, as users do (tens of seconds each on a 2-core CPU).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +96,72 @@ def test_compiled_loss_backward_through_implicit_root() -> None:
     torch.compile(loss, backend="aot_eager")(a).backward()  # type: ignore[no-untyped-call]
     assert a.grad is not None
     torch.testing.assert_close(a.grad, 1 / (3 * a.detach() ** (2 / 3)), rtol=1e-10, atol=0)
+
+
+LINEAR_SOLVERS = [
+    fi.CG(maxiter=6, rtol=1e-13),
+    fi.NormalCG(maxiter=12, rtol=1e-13),
+    fi.GMRES(maxiter=6, restart=5, rtol=1e-13),
+    fi.BiCGStab(maxiter=6, rtol=1e-13),
+    fi.Neumann(maxiter=80, rtol=1e-13),
+    fi.LU(),
+    fi.Cholesky(),
+]
+
+
+@pytest.mark.parametrize("solver", LINEAR_SOLVERS, ids=lambda s: type(s).__name__)
+def test_every_linear_solver_compiles_as_one_graph(solver: Any) -> None:
+    # Neumann needs ||I - A|| < 1: here ||M M^T / 25|| = 0.61, so 80 terms reach 1e-17.
+    m = torch.randn(5, 5, dtype=F64, generator=torch.Generator().manual_seed(0))
+    a, b = torch.eye(5, dtype=F64) + m @ m.T / 25, torch.ones(5, dtype=F64)
+
+    def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        result = solver.run(lambda v: a @ v, b)
+        return result.solution, result.converged
+
+    x, converged = torch.compile(solve, fullgraph=True, backend="aot_eager")(a, b)
+    torch.testing.assert_close(x, solve(a, b)[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-10, atol=1e-12)
+    assert bool(converged)
+
+
+def _contraction(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(0.5 * z + a)
+
+
+def _cubic(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return x**3 + x - a
+
+
+def _quartic(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return ((x - a) ** 2).sum() + (x**4).sum()
+
+
+INNER: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
+    "FixedPointIteration": (fi.solve_fixed_point, _contraction, fi.FixedPointIteration),
+    "Anderson": (fi.solve_fixed_point, _contraction, fi.Anderson),
+    "Broyden": (fi.solve_root, _cubic, fi.Broyden),
+    # Newton's default linear solver (GMRES, up to 100 iterations) would be unrolled in every
+    # Newton step: compile time grows ~20x; a dense solve is what a 4-d problem wants.
+    "Newton": (fi.solve_root, _cubic, functools.partial(fi.Newton, solve=fi.LU())),
+    "GradientDescent": (fi.minimize, _quartic, fi.GradientDescent),
+}
+
+
+@pytest.mark.parametrize("name", list(INNER))
+def test_every_inner_method_compiles_as_one_graph(name: str) -> None:
+    solve, fn, method_type = INNER[name]
+    method = method_type(maxiter=4, on_failure="ignore")  # the loop's trip count: 4
+
+    def run(a: torch.Tensor) -> torch.Tensor:
+        start = torch.zeros(4, dtype=F64)
+        value: torch.Tensor = solve(fn, start, a, method=method, implicit=False).value
+        return value
+
+    a = torch.linspace(0.1, 0.9, 4, dtype=F64)
+    torch.testing.assert_close(
+        torch.compile(run, fullgraph=True, backend="aot_eager")(a), run(a), rtol=1e-12, atol=0
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,10 +325,12 @@ def test_hypergradient_compiles_under_vmap_without_recompiling() -> None:
 # The default (inductor) backend, as users compile: tiny problems, small trip counts.
 
 
-# Inductor's CPU code generation uses torch.jit.script_method internally, which torch 2.13
-# itself deprecates; nothing here calls torch.jit.
+# Inductor's CPU code generation uses torch.jit.script_method, and its lowering of diagonal
+# torch._prims_common.check, both of which torch 2.13 itself deprecates; nothing here calls
+# either.
 @pytest.mark.inductor
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch._prims_common.check` is deprecated:FutureWarning")
 def test_inductor_compiles_solvers_and_a_vmapped_hypergradient() -> None:
     torch.manual_seed(0)
     m = torch.randn(5, 5, dtype=F64)
@@ -272,6 +341,16 @@ def test_inductor_compiles_solvers_and_a_vmapped_hypergradient() -> None:
 
     torch.testing.assert_close(
         torch.compile(cg, fullgraph=True)(a, b), torch.linalg.solve(a, b), rtol=1e-9, atol=0
+    )
+
+    def anderson(a: torch.Tensor) -> torch.Tensor:
+        method = fi.Anderson(maxiter=4, on_failure="ignore")
+        start = torch.zeros(4, dtype=F64)
+        return fi.solve_fixed_point(_contraction, start, a, method=method, implicit=False).value
+
+    a4 = torch.linspace(0.1, 0.9, 4, dtype=F64)
+    torch.testing.assert_close(
+        torch.compile(anderson, fullgraph=True)(a4), anderson(a4), rtol=1e-12, atol=1e-14
     )
 
     data = _ridge_problem()
