@@ -20,9 +20,9 @@ and no host-device synchronization inside the compiled loops):
 
 Every time is ``median [min, max]`` over repeats after warm-up, eager and compiled calls
 interleaved; "speed-up" is the ratio of medians from the same run. "compile" is the wall time
-of the first call (tracing plus code generation). "diff" is the largest difference of the
-compiled result to the eager one, relative to the eager result's largest entry; for iMAML
-(float32, where 10 CG steps amplify rounding) both are also compared to a float64 run.
+of the first call (tracing plus code generation, inductor's caches disabled: cold). "diff" is
+the largest difference of the compiled result to the eager one, relative to the eager
+result's largest entry; for iMAML both are also compared to a float64 run.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def header(device: torch.device, quick: bool) -> str:
     return (
         "# torch.compile vs eager\n\n"
         f"- {where}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"funcimplicit {fi.__version__}; inductor backend, fullgraph=True"
+        f"funcimplicit {fi.__version__}; inductor backend, fullgraph=True, cold compiles"
         + (" (--quick)" if quick else "")
         + "\n- time: median [min, max] per call after warm-up; eager and compiled interleaved"
     )
@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Compile times are cold: inductor's on-disk caches would turn a rerun's compile into a
+    # cache lookup (seconds instead of minutes).
+    torch._inductor.config.force_disable_caches = True
     device = torch.device(args.device)
     repeats = 5 if args.quick else 20
     print(header(device, args.quick) + "\n")
