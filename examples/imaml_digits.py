@@ -161,7 +161,7 @@ def inner_gradient(phi: Params, theta: Params, lam: float, x: Tensor, y: Tensor)
     hidden = torch.tanh(x @ phi["w1"] + phi["b1"])
     logits = hidden @ phi["w2"] + phi["b2"]
     d_logits = (
-        torch.softmax(logits, -1) - (y[:, None] == torch.arange(WAYS)).to(x.dtype)
+        torch.softmax(logits, -1) - (y[:, None] == torch.arange(WAYS, device=x.device)).to(x.dtype)
     ) / x.shape[0]
     d_pre = (d_logits @ phi["w2"].T) * (1 - hidden**2)
     g = {
@@ -183,7 +183,7 @@ def curvature(phi: Params, theta: Params, lam: float, x: Tensor, y: Tensor) -> T
     power iteration on finite differences of :func:`inner_gradient` (no autograd; vmappable)."""
     eps = 1e-2
     v = inner_gradient(phi, theta, lam, x, y)  # a start direction that is never zero
-    estimate = torch.zeros(())
+    estimate = torch.zeros((), dtype=x.dtype, device=x.device)
     for _ in range(POWER_ITERATIONS):
         norm = tree_norm(v) + 1e-12
         v = {k: t / norm for k, t in v.items()}

@@ -38,6 +38,7 @@ PAGES_WITH_CODE = {
     "maths.md",
     "guides/hyperparameters.md",
     "guides/meta-learning.md",
+    "guides/distributed.md",
     "guides/deq.md",
     "guides/batching.md",
     "guides/compile.md",

@@ -17,6 +17,7 @@ import pytest
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 # Script names in examples/, without ".py".
+# examples/distributed_imaml.py runs under torchrun with two processes in tests/test_distributed.py.
 EXAMPLES = [
     "ridge_hyperparameters",
     "logistic_weight_decay",
