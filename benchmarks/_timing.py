@@ -7,6 +7,9 @@ slow a series down uniformly (with two threads per op on two cores, a competing 
 stalls every parallel region), which no median removes: :func:`others_load` measures how
 much CPU the rest of the machine used meanwhile (Linux ``/proc``), so a disturbed series
 can be flagged or repeated, and :func:`wait_for_quiet` waits for a calm moment.
+
+On a GPU, work is queued asynchronously: :func:`synchronize_with` makes every timed call
+wait for the device before its clock stops.
 """
 
 from __future__ import annotations
@@ -25,8 +28,25 @@ __all__ = [
     "measure_interleaved",
     "others_load",
     "samples_interleaved",
+    "synchronize",
+    "synchronize_with",
     "wait_for_quiet",
 ]
+
+_device = ["cpu"]  # the device whose queued work a timed call waits for
+
+
+def synchronize_with(device: str) -> None:
+    """Make timed calls wait for ``device`` (``"cpu"`` or ``"cuda"``) before stopping the clock."""
+    _device[0] = device
+
+
+def synchronize() -> None:
+    """Wait for the work queued on the device chosen by :func:`synchronize_with` (CUDA only)."""
+    if _device[0] == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 @dataclass(frozen=True)
@@ -72,8 +92,10 @@ def measure(
     if repeats is None:
         for _ in range(max(warmup, 1) - 1):
             fn()
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         one = time.perf_counter() - start
         repeats = max(min_repeats, min(max_repeats, round(budget_s / max(one, 1e-9))))
         warmup = 0
@@ -98,6 +120,7 @@ def samples_interleaved(
     for _ in range(warmup):
         for fn in fns:
             fn()
+    synchronize()
     samples: list[list[float]] = [[] for _ in fns]
     gc.collect()
     enabled = gc.isenabled()
@@ -107,6 +130,7 @@ def samples_interleaved(
             for fn, out in zip(fns, samples, strict=True):
                 start = time.perf_counter()
                 fn()
+                synchronize()
                 out.append(time.perf_counter() - start)
     finally:
         if enabled:

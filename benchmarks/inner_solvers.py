@@ -1,16 +1,10 @@
-"""Inner solvers: iterations and time to tolerance, and what ``vmap`` costs.
-
-Run from the repository root:
-
-    PYTHONPATH=. python benchmarks/inner_solvers.py            # full run (about 2-3 minutes)
-    PYTHONPATH=. python benchmarks/inner_solvers.py --quick    # smaller run (< 30 s)
+"""Inner solvers: iterations and time to tolerance, and what ``vmap`` costs (section
+``inner`` of ``run.py``).
 
 Methods compared: ``FixedPointIteration``, ``Anderson`` (history 5), ``Broyden`` (memory 20) and
 ``Newton`` with its default GMRES, all at their defaults except the tolerance: ``rtol`` = 1e-6
 in float32 and 1e-10 in float64, with ``atol = 0`` (a purely relative criterion
 ``||F(x) - x|| <= rtol ||x||``), and ``on_failure="ignore"`` (the status is printed instead).
-
-Timing runs with one torch thread unless ``--threads`` says otherwise (see its help).
 
 Sections (every time is ``median [min, max]`` in ms over repeats after one warm-up call; the
 statistics columns come from the warm-up call; "F evals" counts calls of the user's map, so
@@ -33,22 +27,19 @@ for Newton it includes the JVPs of its inner GMRES; "status" is ``ok`` when conv
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import platform
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from _measure import timed_series
+from _report import Section, progress, table
+from _timing import Timing, measure
 
 import funcimplicit as fi
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import Timing, measure
+__all__ = ["section_inner"]
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-10}
 STATUS = {0: "ok", 1: "max", 2: "nan"}
@@ -87,9 +78,9 @@ def settings(quick: bool) -> Settings:
         radii=(0.5, 0.9, 0.99, 0.999),
         vmap_n=100,
         fpi_maxiter=5000,
-        budget_s=0.6,
+        budget_s=0.2,
         min_repeats=3,
-        max_repeats=30,
+        max_repeats=15,
     )
 
 
@@ -109,7 +100,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def time_it(fn: Callable[[], Any], s: Settings) -> Timing:
+    """One call's timing, repeats sized to the settings' budget."""
     return measure(fn, budget_s=s.budget_s, min_repeats=s.min_repeats, max_repeats=s.max_repeats)
+
+
+def time_together(fns: list[Callable[[], Any]], s: Settings) -> list[Timing]:
+    """Calls compared with each other, timed in turn (their ratios come from one series)."""
+    return timed_series(fns, s.budget_s * len(fns), s.min_repeats, s.max_repeats)
 
 
 def status_of(sol: fi.Solution[Any]) -> str:
@@ -133,24 +130,12 @@ class Counted:
         return self.fn(*args)
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    lines += [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------------
 # (a), (b): a DEQ layer
 
 
 def deq_problem(
-    dtype: torch.dtype, hidden: int = 128, batch: int = 32, inputs: int = 64
+    dtype: torch.dtype, device: str, hidden: int = 128, batch: int = 32, inputs: int = 64
 ) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
     W = torch.randn(hidden, hidden, dtype=torch.float64, generator=g)
@@ -158,7 +143,7 @@ def deq_problem(
     U = torch.randn(hidden, inputs, dtype=torch.float64, generator=g) / math.sqrt(inputs)
     b = 0.1 * torch.randn(hidden, dtype=torch.float64, generator=g)
     x = torch.randn(batch, inputs, dtype=torch.float64, generator=g)
-    return tuple(t.to(dtype) for t in (W, U, b, x))
+    return tuple(t.to(device, dtype) for t in (W, U, b, x))
 
 
 def deq_batch(
@@ -173,13 +158,13 @@ def deq_sample(
     return torch.tanh(W @ z + U @ x + b)
 
 
-def section_deq(s: Settings) -> tuple[str, str]:
+def section_deq(s: Settings, device: str) -> tuple[str, str]:
     rows_a: list[list[str]] = []
     rows_b: list[list[str]] = []
     for dtype in s.dtypes:
-        W, U, b, x = deq_problem(dtype)
-        z0 = torch.zeros(x.shape[0], W.shape[0], dtype=dtype)
-        z0s = torch.zeros(W.shape[0], dtype=dtype)
+        W, U, b, x = deq_problem(dtype, device)
+        z0 = torch.zeros(x.shape[0], W.shape[0], dtype=dtype, device=device)
+        z0s = torch.zeros(W.shape[0], dtype=dtype, device=device)
         for name, method in methods(dtype, s.fpi_maxiter).items():
             counted = Counted(deq_batch)
 
@@ -193,19 +178,6 @@ def section_deq(s: Settings) -> tuple[str, str]:
             sol = one()
             evals = counted.calls
             rel = float(sol.residual_norm / torch.linalg.vector_norm(sol.value))
-            t_one = time_it(one, s)
-            rows_a.append(
-                [
-                    dtype_name(dtype),
-                    name,
-                    str(int(sol.iterations)),
-                    str(evals),
-                    status_of(sol),
-                    f"{rel:.1e}",
-                    t_one.show("ms"),
-                ]
-            )
-
             counted_s = Counted(deq_sample)
 
             def batched(
@@ -220,7 +192,18 @@ def section_deq(s: Settings) -> tuple[str, str]:
 
             sol_b = batched()
             evals_b = counted_s.calls
-            t_b = time_it(batched, s)
+            t_one, t_b = time_together([one, batched], s)
+            rows_a.append(
+                [
+                    dtype_name(dtype),
+                    name,
+                    str(int(sol.iterations)),
+                    str(evals),
+                    status_of(sol),
+                    f"{rel:.1e}",
+                    t_one.show("ms"),
+                ]
+            )
             its = sol_b.iterations.to(torch.float64)
             rows_b.append(
                 [
@@ -260,14 +243,14 @@ def symmetric_contraction(n: int, radius: float, seed: int) -> tuple[torch.Tenso
     return (q * eig) @ q.mT, c
 
 
-def section_affine(s: Settings, n: int = 200) -> str:
+def section_affine(s: Settings, device: str, n: int = 200) -> str:
     rows: list[list[str]] = []
     for radius in s.radii:
         J64, c64 = symmetric_contraction(n, radius, 0)
-        ref = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - J64, c64)
+        ref = torch.linalg.solve(torch.eye(n, dtype=torch.float64) - J64, c64).to(device)
         for dtype in s.affine_dtypes:
-            J, c = J64.to(dtype), c64.to(dtype)
-            x0 = torch.zeros(n, dtype=dtype)
+            J, c = J64.to(device, dtype), c64.to(device, dtype)
+            x0 = torch.zeros(n, dtype=dtype, device=device)
             for name, method in methods(dtype, s.fpi_maxiter).items():
 
                 def one(
@@ -297,7 +280,7 @@ def section_affine(s: Settings, n: int = 200) -> str:
     )
 
 
-def section_vmap_cost(s: Settings, batch: int = 32) -> str:
+def section_vmap_cost(s: Settings, device: str, batch: int = 32) -> str:
     dtype = torch.float64
     n = s.vmap_n
     # radii from 0.1 to 0.99, geometrically closer to 1 (iterations spread over two decades)
@@ -308,8 +291,8 @@ def section_vmap_cost(s: Settings, batch: int = 32) -> str:
         J, c = symmetric_contraction(n, r, 100 + i)
         Js.append(J)
         cs.append(c)
-    J_all, c_all = torch.stack(Js), torch.stack(cs)
-    x0 = torch.zeros(n, dtype=dtype)
+    J_all, c_all = torch.stack(Js).to(device), torch.stack(cs).to(device)
+    x0 = torch.zeros(n, dtype=dtype, device=device)
     rows: list[list[str]] = []
     chosen = {k: v for k, v in methods(dtype, s.fpi_maxiter).items() if k != "Broyden(20)"}
     for name, method in chosen.items():
@@ -333,7 +316,7 @@ def section_vmap_cost(s: Settings, batch: int = 32) -> str:
             return fi.solve_fixed_point(affine, x0, J_all[i], c_all[i], method=m)
 
         sol_s = slowest()
-        t_b, t_s, t_l = time_it(batched, s), time_it(slowest, s), time_it(loop, s)
+        t_b, t_s, t_l = time_together([batched, slowest, loop], s)
         rows.append(
             [
                 name,
@@ -362,53 +345,36 @@ def section_vmap_cost(s: Settings, batch: int = 32) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller run (< 30 s)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: these problems are small, and on a shared "
-        "machine a second thread that has to wait for a busy core made a 32 x 128 matmul "
-        "~800x slower; pass 0 to keep torch's default)",
+def section_inner(quick: bool, device: str, to: Any | None) -> Section:
+    """Section ``inner``: the inner solvers on a DEQ layer and on affine contractions."""
+    s = settings(quick)
+    sec = Section("inner", "Inner solvers: iterations and time to tolerance, and vmap")
+    sec.markdown.append(
+        "FixedPointIteration, Anderson(5), Broyden(20) and Newton(GMRES) at their defaults "
+        "except the tolerance: rtol 1e-6 (float32) / 1e-10 (float64), atol 0. Times are "
+        "median [min, max] ms after one warm-up call; the statistics come from the warm-up "
+        "call; `F evals` counts calls of the user's map (for Newton including the JVPs of its "
+        "GMRES); `status` is `ok` when converged, `max` at `maxiter`, `nan` for NONFINITE."
     )
-    args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    s = settings(args.quick)
-    start = time.perf_counter()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print("# Inner solvers benchmark" + (" (quick)" if s.quick else ""))
-    print()
-    print(
-        f"torch {torch.__version__}, {platform.machine()} CPU, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} threads, load average {load:.1f} at start. Times are "
-        "median [min, max] ms after one warm-up call; rtol 1e-6 (float32) / 1e-10 (float64), "
-        "atol 0."
-    )
-    print()
-    a, b = section_deq(s)
-    print("## (a) DEQ layer z = tanh(W z + U x + b), hidden 128, batch 32 as one problem")
-    print()
-    print(a)
-    print()
-    print("## (b) The same DEQ under vmap over the 32 samples (per-sample stopping)")
-    print()
-    print(b)
-    print()
-    print("## (c) Affine contractions x = J x + c, n = 200, J symmetric, spectral radius rho")
-    print()
-    print(f"FixedPointIteration is capped at maxiter = {s.fpi_maxiter}.")
-    print()
-    print(section_affine(s))
-    print()
-    print(f"## (d) vmap over 32 affine problems (n = {s.vmap_n}, radii 0.1 ... 0.99), float64")
-    print()
-    print(section_vmap_cost(s))
-    print()
-    print(f"Total wall time {time.perf_counter() - start:.0f} s.")
-
-
-if __name__ == "__main__":
-    main()
+    a, b = section_deq(s, device)
+    progress("inner solvers: DEQ")
+    sec.markdown += [
+        "**(a) DEQ layer z = tanh(W z + U x + b), hidden 128, batch 32 as one problem.**",
+        a,
+        "**(b) The same DEQ under vmap over the 32 samples (per-sample stopping).** "
+        "`vs (a)` = time over the time of (a).",
+        b,
+        "**(c) Affine contractions x = J x + c, n = 200, J symmetric, spectral radius rho.** "
+        f"FixedPointIteration is capped at maxiter = {s.fpi_maxiter}; `rel. error` is "
+        "against a dense float64 solve.",
+        section_affine(s, device),
+    ]
+    progress("inner solvers: affine")
+    sec.markdown += [
+        f"**(d) vmap over 32 affine problems (n = {s.vmap_n}, radii 0.1 ... 0.99), float64**: "
+        "the batch runs its slowest element's iterations, every iteration computing all 32 "
+        "elements; against that slowest problem alone and against a Python loop.",
+        section_vmap_cost(s, device),
+    ]
+    progress("inner solvers: vmap")
+    return sec

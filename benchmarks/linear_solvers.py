@@ -1,10 +1,5 @@
-"""Iterative linear solvers: time per solve against the matvec floor, dense solve, vmap, wrapper.
-
-Run from the repository root:
-
-    PYTHONPATH=. python benchmarks/linear_solvers.py            # full run (about 2-2.5 min)
-    PYTHONPATH=. python benchmarks/linear_solvers.py --quick    # smaller run (< 30 s)
-    PYTHONPATH=. python benchmarks/linear_solvers.py --sizes 500 1000
+"""Iterative linear solvers against the matvec floor, a dense solve, vmap and the wrapper
+(section ``linear`` of ``run.py``).
 
 Problems (dense, built in float64 then cast, fixed seed):
 
@@ -32,25 +27,20 @@ stays disturbed).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import functools
-import hashlib
 import math
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from _report import Plot, Result, Section, progress, table
+from _timing import Timing, others_load, samples_interleaved, synchronize, wait_for_quiet
 
 import funcimplicit as fi
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import Timing, others_load, samples_interleaved, wait_for_quiet
+__all__ = ["section_linear"]
 
 RTOL = {torch.float64: 1e-6, torch.float32: 1e-5}
 DTYPE_NAME = {torch.float64: "float64", torch.float32: "float32"}
@@ -69,7 +59,7 @@ class Settings:
     wait_budget_s: float  # total time the run may spend waiting for a quiet machine
 
 
-FULL = Settings((500, 2000), (torch.float64, torch.float32), 64, 0.6, 7, 3, 15, 300, 60.0)
+FULL = Settings((500, 2000), (torch.float64, torch.float32), 32, 0.25, 5, 3, 10, 200, 20.0)
 QUICK = Settings((300, 1000), (torch.float64, torch.float32), 16, 0.1, 5, 2, 5, 100, 4.0)
 
 
@@ -92,7 +82,7 @@ CASES = (
 
 
 def make_operators(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The two float64 matrices of size ``n`` (cast per dtype by the caller)."""
+    """The two float64 matrices of size ``n``, on the CPU (moved and cast by the caller)."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, n, generator=g, dtype=torch.float64)
     eye = torch.eye(n, dtype=torch.float64)
@@ -102,6 +92,7 @@ def make_operators(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def condition_numbers(ops: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The condition numbers of the two matrices."""
     eig = torch.linalg.eigvalsh(ops["spd"])
     sv = torch.linalg.svdvals(ops["nonsym"])
     return {"spd": float(eig[-1] / eig[0]), "nonsym": float(sv[0] / sv[-1])}
@@ -171,6 +162,7 @@ def bench_case(
         for _ in range(max(row.iterations, 1)):
             start = time.perf_counter()
             a @ b
+            synchronize()
             single.append(time.perf_counter() - start)
 
     fns: list[Callable[[], Any]] = [
@@ -202,6 +194,7 @@ def bench_case(
         for _ in range(max(row.batch_iters[1], 1)):
             start = time.perf_counter()
             batched_mv(big_b)
+            synchronize()
             single_batched.append(time.perf_counter() - start)
 
     batched(big_b)
@@ -305,8 +298,10 @@ def _retry_if_noisy(run: Callable[[], Any], label: str, check: int | None = None
 
 
 def _time_once(fn: Callable[[], Any]) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -316,34 +311,6 @@ def _clamp(value: float, low: int, high: int) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Output
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def source_fingerprint() -> str:
-    """A short hash of the library's sources, to tell which version the numbers belong to."""
-    folder = os.path.dirname(os.path.abspath(fi.__file__))
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as f:
-                digest.update(name.encode() + b"\0" + f.read())
-    return digest.hexdigest()[:12]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def noisy(t: Timing) -> str:
@@ -357,16 +324,18 @@ def busy(r: Row, series: str) -> str:
     return f" ⚠ (others {load:.1f} CPU)" if load > LOAD else ""
 
 
-def print_tables(
-    rows: list[Row], tiny: list[tuple[str, str, Timing, Timing, Timing, Timing, Timing]]
-) -> None:
-    print("\n## Single solve: time vs the matvec floor and vs torch.linalg.solve\n")
-    print(
-        "Solve, matvecs and `torch.linalg.solve` are timed call by call in turn. "
-        "floor = iterations x median(one `A @ v`); overhead/iter = (solve - floor) / iterations. "
-        "`matvecs` counts every matvec call (CG adds one true-residual check, GMRES one per "
-        "restart); the floor uses iterations only.\n"
-    )
+Tiny = tuple[str, str, Timing, Timing, Timing, Timing, Timing]
+
+
+def _tables(rows: list[Row], tiny: list[Tiny]) -> list[str]:
+    """The section's paragraphs and tables."""
+    md = [
+        "**Single solve: time vs the matvec floor and vs torch.linalg.solve.** Solve, "
+        "matvecs and `torch.linalg.solve` are timed call by call in turn. floor = iterations x "
+        "median(one `A @ v`); overhead/iter = (solve - floor) / iterations. `matvecs` counts "
+        "every matvec call (CG adds one true-residual check, GMRES one per restart); the floor "
+        "uses iterations only."
+    ]
     out = []
     for r in rows:
         floor = r.iterations * r.matvec.median
@@ -387,31 +356,15 @@ def print_tables(
                 f"{r.solve.median / r.dense.median:.2f}",
             ]
         )
-    print(
-        table(
-            [
-                "solver",
-                "n",
-                "dtype",
-                "iters",
-                "matvecs",
-                "`A @ v` µs",
-                "solve ms",
-                "floor ms",
-                "solve/floor",
-                "overhead/iter µs",
-                "linalg.solve ms",
-                "solve/linalg.solve",
-            ],
-            out,
-        )
-    )
+    header = ["solver", "n", "dtype", "iters", "matvecs", "`A @ v` µs", "solve ms", "floor ms"]
+    header += ["solve/floor", "overhead/iter µs", "linalg.solve ms", "solve/linalg.solve"]
+    md.append(table(header, out))
 
-    print("\n## vmap over a batch of right-hand sides (shared A) vs a Python loop\n")
-    print(
-        "vmap, loop and batched matvecs (`vmap(mv)(B)`, one by one) timed in turn. "
-        "vmap floor = max iterations x median(batched matvec). Each right-hand side stops on "
-        "its own, so iterations differ within the batch.\n"
+    md.append(
+        "**vmap over a batch of right-hand sides (shared A) vs a Python loop.** vmap, loop "
+        "and batched matvecs (`vmap(mv)(B)`, one by one) timed in turn. vmap floor = max "
+        "iterations x median(batched matvec). Each right-hand side stops on its own, so "
+        "iterations differ within the batch."
     )
     out = []
     for r in rows:
@@ -431,60 +384,33 @@ def print_tables(
                 f"**{r.loop.median / r.vmap.median:.1f}**{busy(r, 'vmap/loop')}",
             ]
         )
-    print(
-        table(
-            [
-                "solver",
-                "n",
-                "dtype",
-                "batch",
-                "iters (min-max)",
-                "batched matvec µs",
-                "vmap ms",
-                "vmap/floor",
-                "loop ms",
-                "loop/vmap",
-            ],
-            out,
-        )
-    )
+    header = ["solver", "n", "dtype", "batch", "iters (min-max)", "batched matvec µs"]
+    header += ["vmap ms", "vmap/floor", "loop ms", "loop/vmap"]
+    md.append(table(header, out))
 
-    print("\n## Wrapper overhead: fi.linear_solve vs the bare solver call\n")
-    print(
-        "Bare call, `fi.linear_solve` and `fi.linear_solve` with `A.requires_grad` (which also "
-        "records the autograd node; no backward) timed in turn; overhead = median [min, max] "
-        "of the per-repeat difference wrapped - bare.\n"
+    md.append(
+        "**Wrapper overhead: fi.linear_solve vs the bare solver call.** Bare call, "
+        "`fi.linear_solve` and `fi.linear_solve` with `A.requires_grad` (which also records "
+        "the autograd node; no backward) timed in turn; overhead = median [min, max] of the "
+        f"per-repeat difference wrapped - bare. First on `A = 2 I` (n = {TINY_N}, float64), "
+        "solved in one iteration, so the solve itself is short and the overhead stands out:"
     )
-    print(
-        f"First on `A = 2 I` (n = {TINY_N}, float64), solved in one iteration, so the solve "
-        "itself is short and the overhead stands out:\n"
-    )
-    print(
-        table(
-            [
-                "solver",
-                "repeats",
-                "bare µs",
-                "linear_solve µs",
-                "overhead µs",
-                "linear_solve (grad) µs",
-                "overhead (grad) µs",
-            ],
-            [
-                [
-                    label,
-                    str(bare.repeats),
-                    bare.show("us"),
-                    w.show("us"),
-                    o.show("us") + _tiny_mark(label),
-                    wg.show("us"),
-                    og.show("us"),
-                ]
-                for label, _, bare, w, wg, o, og in tiny
-            ],
-        )
-    )
-    print("\nThen on the problems above (the overhead is within the solve's run-to-run noise):\n")
+    header = ["solver", "repeats", "bare µs", "linear_solve µs", "overhead µs"]
+    header += ["linear_solve (grad) µs", "overhead (grad) µs"]
+    out = [
+        [
+            label,
+            str(bare.repeats),
+            bare.show("us"),
+            w.show("us"),
+            o.show("us") + _tiny_mark(label),
+            wg.show("us"),
+            og.show("us"),
+        ]
+        for label, _, bare, w, wg, o, og in tiny
+    ]
+    md.append(table(header, out))
+    md.append("Then on the problems above (the overhead is within the solve's run-to-run noise):")
     out = []
     for r in rows:
         out.append(
@@ -501,23 +427,10 @@ def print_tables(
                 r.overhead_grad.show("us"),
             ]
         )
-    print(
-        table(
-            [
-                "solver",
-                "n",
-                "dtype",
-                "repeats",
-                "bare ms",
-                "linear_solve ms",
-                "overhead µs",
-                "linear_solve/bare",
-                "linear_solve (grad) ms",
-                "overhead (grad) µs",
-            ],
-            out,
-        )
-    )
+    header = ["solver", "n", "dtype", "repeats", "bare ms", "linear_solve ms", "overhead µs"]
+    header += ["linear_solve/bare", "linear_solve (grad) ms", "overhead (grad) µs"]
+    md.append(table(header, out))
+    return md
 
 
 TINY_N = 64
@@ -528,13 +441,16 @@ def _tiny_mark(label: str) -> str:
     return f" ⚠ (others {load:.1f} CPU)" if load > LOAD else ""
 
 
-def bench_tiny(s: Settings) -> list[tuple[str, str, Timing, Timing, Timing, Timing, Timing]]:
-    a = 2.0 * torch.eye(TINY_N, dtype=torch.float64)
+def bench_tiny(s: Settings, device: str) -> list[Tiny]:
+    """Wrapper overhead on ``A = 2 I``, which every solver solves in one iteration."""
+    a = 2.0 * torch.eye(TINY_N, dtype=torch.float64, device=device)
     b = torch.randn(TINY_N, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    b = b.to(device)
     out = []
     for case in CASES:
         solver = case.make(RTOL[torch.float64])
-        assert int(solver.run(lambda v: a @ v, b).iterations) == 1
+        if int(solver.run(lambda v: a @ v, b).iterations) != 1:
+            raise RuntimeError(f"{case.label} took more than one iteration on A = 2 I")
         timings = _retry_if_noisy(
             functools.partial(wrapper_overhead, solver, a, b, repeats=s.tiny_repeats),
             f"{case.label} A=2I wrapper",
@@ -544,56 +460,28 @@ def bench_tiny(s: Settings) -> list[tuple[str, str, Timing, Timing, Timing, Timi
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="smaller sizes, batch and repeats (< 30 s)"
-    )
-    parser.add_argument("--sizes", type=int, nargs="+", help="problem sizes n (default 500 2000)")
-    parser.add_argument("--batch", type=int, help="right-hand sides for vmap vs loop (default 64)")
-    args = parser.parse_args(argv)
-    s = QUICK if args.quick else FULL
-    if args.sizes:
-        s = dataclasses.replace(s, sizes=tuple(args.sizes))
-    if args.batch:
-        s = dataclasses.replace(s, batch=args.batch)
+def _results(rows: list[Row]) -> list[Result]:
+    """Solve, matvec floor and dense solve of every case, for the plot."""
+    out = []
+    for r in rows:
+        case = f"{r.case}\nn={r.n}, {r.dtype.replace('float', 'f')}"
+        floor = r.iterations * r.matvec.median
+        floor_t = Timing(floor, r.iterations * r.matvec.min, r.iterations * r.matvec.max, 0)
+        out += [
+            Result(case, "solve", r.solve),
+            Result(case, "matvec floor", floor_t),
+            Result(case, "torch.linalg.solve", r.dense),
+        ]
+    return out
 
-    start = time.perf_counter()
-    print("# funcimplicit: linear solvers\n")
-    print(
-        f"- torch {torch.__version__}, {torch.get_num_threads()} threads (default), "
-        f"Python {platform.python_version()}"
-    )
-    print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores)")
-    print(
-        f"- funcimplicit {fi.__version__}, sources {source_fingerprint()} "
-        "(sha256 of funcimplicit/*.py)"
-    )
-    print(
-        f"- sizes {list(s.sizes)}, batch {s.batch}, rtol 1e-6 (float64) / 1e-5 (float32)"
-        + (", --quick" if args.quick else "")
-    )
-    print("- CG on A = W W^T/n + 0.1 I (SPD); GMRES on A = G + 1.5 sqrt(n) I (non-symmetric)")
-    print(
-        "- every figure: median [min, max] over repeats after warm-up; ratios of medians from "
-        "series timed call by call in turn, in this run"
-    )
-    print(
-        f"- ⚠ marks interference: a median > {NOISE} x its min, or other processes using > "
-        f"{LOAD} CPU during the series (from /proc); such a series is re-measured once after "
-        "waiting for a quiet moment, and the less disturbed run is kept"
-    )
+
+def section_linear(quick: bool, device: str, to: Any | None) -> Section:
+    """Section ``linear``: CG and GMRES on dense problems (``to`` is unused: no peer here)."""
+    s = QUICK if quick else FULL
+    retries.clear()
+    series_load.clear()
+    _waited[0] = 0.0
     _wait_budget[0] = s.wait_budget_s
-    first_wait = min(20.0, s.wait_budget_s)
-    start_wait = time.perf_counter()
-    quiet = wait_for_quiet(max_wait_s=first_wait)
-    _waited[0] += time.perf_counter() - start_wait
-    _, load = others_load(lambda: time.sleep(0.5))
-    print(
-        f"- other processes at start: {load:.2f} CPU"
-        + ("" if quiet else f" (did not get quiet within {first_wait:.0f} s)")
-    )
-
     rows: list[Row] = []
     conds: list[str] = []
     for n in s.sizes:
@@ -604,26 +492,34 @@ def main(argv: list[str] | None = None) -> None:
         b64 = torch.randn(n, generator=g, dtype=torch.float64)
         big_b64 = torch.randn(s.batch, n, generator=g, dtype=torch.float64)
         for dtype in s.dtypes:
-            b, big_b = b64.to(dtype), big_b64.to(dtype)
-            ops = {k: v.to(dtype) for k, v in ops64.items()}
+            b, big_b = b64.to(device, dtype), big_b64.to(device, dtype)
+            ops = {k: v.to(device, dtype) for k, v in ops64.items()}
             for case in CASES:
                 rows.append(bench_case(case, ops[case.operator], b, big_b, s))
-                print(
-                    f"  ... {case.label} n={n} {DTYPE_NAME[dtype]} done "
-                    f"({time.perf_counter() - start:.0f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    tiny = bench_tiny(s)
-    print("- " + "; ".join(conds))
-    print_tables(rows, tiny)
-    worst = max(series_load.values(), default=0.0)
-    print(
-        f"\n_Other processes: at most {worst:.2f} CPU busy during a kept series. Re-measured: "
-        f"{'; '.join(retries) or 'none'}. Waited {_waited[0]:.0f} s for quiet; "
-        f"total wall time {time.perf_counter() - start:.0f} s._"
+                progress(f"{case.label} n={n} {DTYPE_NAME[dtype]}")
+    tiny = bench_tiny(s, device)
+    sec = Section("linear", "Linear solvers: CG and GMRES against the matvec floor")
+    sec.markdown.append(
+        f"Sizes {list(s.sizes)}, batch {s.batch}, rtol 1e-6 (float64) / 1e-5 (float32). CG on "
+        "A = W W^T/n + 0.1 I (SPD); GMRES on A = G + 1.5 sqrt(n) I (non-symmetric); "
+        + "; ".join(conds)
+        + f". ⚠ marks interference: a median > {NOISE} x its min, or other processes using > "
+        f"{LOAD} CPU during the series (from /proc); such a series is re-measured once after "
+        "waiting for a quiet moment, and the less disturbed run is kept."
     )
-
-
-if __name__ == "__main__":
-    main()
+    sec.markdown += _tables(rows, tiny)
+    worst = max(series_load.values(), default=0.0)
+    sec.markdown.append(
+        f"_Other processes: at most {worst:.2f} CPU busy during a kept series. Re-measured: "
+        f"{'; '.join(retries) or 'none'}. Waited {_waited[0]:.0f} s for quiet._"
+    )
+    sec.results = _results(rows)
+    sec.plots.append(
+        Plot(
+            "linear",
+            "Linear solves: time per solve vs the matvec floor",
+            tuple(dict.fromkeys(r.case for r in sec.results)),
+            ("solve", "matvec floor", "torch.linalg.solve"),
+        )
+    )
+    return sec

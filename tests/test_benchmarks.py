@@ -1,0 +1,70 @@
+"""The benchmark suite still runs: ``benchmarks/run.py --quick`` end to end, without TorchOpt.
+
+Timings are never asserted here (they live in ``docs/benchmarks.md``); what is checked is that
+every section runs against the current library, that no funcimplicit row failed (only peers may
+record failures), and that every funcimplicit result agrees with its section's reference (the
+``error`` columns are checked by the sections themselves and would show as failures).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 900  # about 80 s on a quiet 2-core machine; this only stops a hang
+# The sections --quick runs by default ("inner" and "compiled" take minutes: left out).
+QUICK_SECTIONS = ["ridge", "logistic", "imaml", "deq", "linear", "overhead"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> str:
+    pytest.importorskip("matplotlib")
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-torchopt"]
+    proc = subprocess.run(
+        [*command, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    report = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, report
+    for section in QUICK_SECTIONS:
+        assert (out / f"{section}.md").is_file(), f"no {section}.md written\n{report}"
+    assert list(out.glob("*.png")), f"no plot written\n{report}"
+    return (out / "results.md").read_text()
+
+
+def test_every_quick_section_reports(results: str) -> None:
+    headings = re.findall(r"^## (.+)$", results, re.M)
+    # Headline, targets, then one heading per section.
+    assert len(headings) >= 2 + len(QUICK_SECTIONS), headings
+
+
+def method_of(row: str) -> str:
+    """The first cell of a table row that is not a number (the method or problem name)."""
+    cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+    return next((cell for cell in cells if not re.fullmatch(r"[\d.,x ]*", cell)), "")
+
+
+def test_no_funcimplicit_row_fails(results: str) -> None:
+    rows = [line for line in results.splitlines() if line.startswith("| ")]
+    ours = [row for row in rows if method_of(row).startswith("funcimplicit")]
+    assert ours, "no funcimplicit rows found: has the table layout changed?"
+    failed = [row for row in ours if "fails:" in row]
+    assert not failed, "funcimplicit rows that failed:\n" + "\n".join(failed)
+
+
+def test_torchopt_absence_is_said(results: str) -> None:
+    # Without the peer, its rows say why they are empty (never silently missing).
+    assert "TorchOpt not installed" in results
