@@ -9,7 +9,7 @@ import torch
 
 from . import _tree
 
-__all__ = ["jvp", "linearize", "vjp"]
+__all__ = ["jvp", "linearize", "pullback", "vjp"]
 
 
 def vjp(fn: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
@@ -57,3 +57,51 @@ def linearize(fn: Callable[[Any], Any], primal: Any) -> Callable[[Any], Any]:
     value, pullback = vjp(fn, primal)
     _, transpose = vjp(lambda c: pullback(c)[0], _tree.zeros_like(value))
     return lambda t: transpose(t)[0]
+
+
+def pullback(
+    fn: Callable[[Any], Any], primal: Any, *, differentiable: bool = True
+) -> Callable[[Any], Any]:
+    """``u -> J^T u`` for the Jacobian ``J`` of ``fn`` at ``primal``, set up once.
+
+    With ``differentiable=False`` (the caller only applies the products: it neither
+    differentiates nor vmaps them) and where nothing can differentiate the products (a
+    classic ``.backward()`` without ``create_graph``: see ``derivatives_possible``), the
+    graph of ``fn`` is recorded once by classic autograd and each product is one
+    ``torch.autograd.grad`` over it, which does not record the product itself as
+    ``torch.func.vjp``'s pullback does (measured ~25 % cheaper per product on a 100-d ridge
+    problem). Elsewhere it is ``torch.func.vjp``'s pullback.
+    """
+    from ._checks import derivatives_possible
+    from ._loop import physical
+
+    leaves, spec = _tree.flatten(primal)
+    # Plain tensors only: a legacy-vmap batched tensor (autograd.functional's vectorize=True)
+    # cannot be detached.
+    plain = all(physical(leaf) is leaf for leaf in leaves)
+    if differentiable or not plain or derivatives_possible():
+        _, vjp_fn = vjp(fn, primal)
+        return lambda u: vjp_fn(u)[0]
+    inputs = [leaf.detach().requires_grad_() for leaf in leaves]
+    with torch.enable_grad():
+        out_leaves, _ = _tree.flatten(fn(_tree.unflatten(spec, inputs)))
+    # Outputs that do not depend on the inputs add nothing to J^T u.
+    linked = [i for i, leaf in enumerate(out_leaves) if leaf.requires_grad]
+
+    def product(u: Any) -> Any:
+        u_leaves, _ = _tree.flatten(u)
+        if not linked:
+            return _tree.unflatten(spec, [torch.zeros_like(x) for x in inputs])
+        grads = torch.autograd.grad(
+            [out_leaves[i] for i in linked],
+            inputs,
+            [u_leaves[i] for i in linked],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return _tree.unflatten(
+            spec,
+            [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)],
+        )
+
+    return product

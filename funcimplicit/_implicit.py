@@ -50,8 +50,8 @@ def _jacobian_t_matvec(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _jacobian_linearize(fn: Callable[..., Any]) -> Callable[..., Callable[[Any], Any]]:
-    # s -> A s, set up once per solve (see _func.linearize)
-    def linearize(theta: Any, *args: Any) -> Callable[[Any], Any]:
+    # s -> A s, set up once per solve (see _func.linearize); always differentiable
+    def linearize(theta: Any, *args: Any, differentiable: bool = True) -> Callable[[Any], Any]:
         return _func.linearize(lambda th: fn(th, *args), theta)
 
     return linearize
@@ -59,9 +59,8 @@ def _jacobian_linearize(fn: Callable[..., Any]) -> Callable[..., Callable[[Any],
 
 def _jacobian_t_linearize(fn: Callable[..., Any]) -> Callable[..., Callable[[Any], Any]]:
     # The VJP's forward pass (T at the solution) runs once per solve, not once per iteration.
-    def linearize(theta: Any, *args: Any) -> Callable[[Any], Any]:
-        _, pullback = _func.vjp(lambda th: fn(th, *args), theta)
-        return lambda u: pullback(u)[0]
+    def linearize(theta: Any, *args: Any, differentiable: bool = True) -> Callable[[Any], Any]:
+        return _func.pullback(lambda th: fn(th, *args), theta, differentiable=differentiable)
 
     return linearize
 

@@ -116,6 +116,8 @@ class NormalCG(IterativeSolver):
         True
     """
 
+    applies_operator_only: ClassVar[bool] = False  # A^T comes from a VJP of the operator
+
     def run(
         self, matvec: Callable[[Any], Any], b: Any, init: Any | None = None
     ) -> LinearSolveResult[Any]:

@@ -39,7 +39,8 @@ __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
 class LinearProblem:
     """Everything non-tensor about one solve; travels through ``Function.apply`` as is.
 
-    ``linearize(*args)``, when given, returns ``v -> matvec(v, *args)`` with work that does
+    ``linearize(*args, differentiable=...)``, when given, returns ``v -> matvec(v, *args)``
+    (differentiable, or not when the solver only applies it) with work that does
     not depend on ``v`` done once (e.g. a VJP's forward pass) instead of once per iteration.
     """
 
@@ -60,11 +61,15 @@ class LinearProblem:
 
     def operator(self, like: Any, args: tuple[Any, ...]) -> Callable[[Any], Any]:
         """``v -> A v`` (or ``A^T v``) for fixed ``args``, set up once for many products."""
+        differentiable = not self.solver.applies_operator_only
         if self.transposed:
-            _, pullback = _func.vjp(lambda z: self.matvec(z, *args), _tree.zeros_like(like))
-            return lambda v: pullback(v)[0]
+            return _func.pullback(
+                lambda z: self.matvec(z, *args),
+                _tree.zeros_like(like),
+                differentiable=differentiable,
+            )
         if self.linearize is not None:
-            return self.linearize(*args)
+            return self.linearize(*args, differentiable=differentiable)
         return lambda v: self.matvec(v, *args)
 
 

@@ -57,6 +57,9 @@ class LinearSolverBase:
 
     #: Whether the method requires a symmetric (positive definite) operator.
     requires_symmetric: ClassVar[bool] = False
+    #: Whether the method only applies the operator to trees (never differentiates or vmaps
+    #: it), so that a cheaper operator without derivatives may be handed to it.
+    applies_operator_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -144,6 +147,8 @@ class IterativeSolver(LinearSolverBase):
 
     maxiter: int | None = None
     preconditioner: Callable[[Any], Any] | None = None
+
+    applies_operator_only: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
