@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -261,6 +262,25 @@ def _ridge_methods(p: Ridge, to: Any | None, first: bool) -> list[Method]:
     return methods
 
 
+def fi_compiled_ridge(p: Ridge, maxiter: int) -> Callable[[], torch.Tensor]:
+    """``fi.hypergradient`` of the ridge problem (inner ``torch.linalg.solve``), compiled whole
+    by inductor with ``fullgraph=True``. Its backward CG runs a static ``maxiter`` iterations:
+    the eager row's iteration count, so both do the same work to the same accuracy."""
+    solve = fi.CG(maxiter=maxiter, on_failure="ignore")  # no host check under compile
+
+    def outer(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> Any:
+        return ridge_outer(theta, p.Xv, p.yv)
+
+    def hyper(X: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        theta = ridge_dense(lam, X, y, lam)
+        out = fi.hypergradient(outer, ridge_optimality, theta, X, y, lam, argnums=3, solve=solve)
+        grad: torch.Tensor = out.grad
+        return grad
+
+    compiled = torch.compile(hyper, fullgraph=True, dynamic=False)
+    return lambda: compiled(p.X, p.y, p.lam)
+
+
 def _fi_ridge_hypergrad(backward: Any, p: Ridge, kind: str) -> torch.Tensor:
     return hypergrad_autograd(fi_ridge_solvers(backward)[kind], p, p.lam)
 
@@ -298,7 +318,9 @@ def section_ridge(quick: bool, device: str, to: Any | None) -> Section:
         "`TorchOpt / fi` = TorchOpt's time over funcimplicit's with the same inner solver. "
         "TorchOpt 0.7.3 maps `argnums` wrongly unless the differentiated arguments come first "
         "(its row with funcimplicit's argument order fails), so its timed rows take "
-        "(init, lam, X, y), argnums=1. Compiled figures: section `compiled`."
+        "(init, lam, X, y), argnums=1. The compiled row (full runs only) is `fi.hypergradient` "
+        "under `torch.compile(fullgraph=True)` (inductor), its backward CG fixed at the eager "
+        "row's iteration count."
     )
     rows: list[list[str]] = []
     sizes = (100, 1000)
@@ -306,9 +328,23 @@ def section_ridge(quick: bool, device: str, to: Any | None) -> Section:
         p = Ridge.make(d, device=device)
         ref = ridge_closed_form(p, p.lam)
         methods = _ridge_methods(p, to, first=d == sizes[0])
-        for m in methods:
-            probe(m, functools.partial(max_abs_diff, reference=ref))
         _ridge_iterations(methods, p, to)
+        if not quick:  # --quick compiles nothing; the eager row's iterations fix the trip count
+            iters = int(methods[2].iters) if methods[2].iters.isdigit() else 50
+            methods.append(
+                Method(
+                    f"funcimplicit compiled: fi.hypergradient, bwd fi.CG(maxiter={iters})",
+                    fi_compiled_ridge(p, iters),
+                    "funcimplicit compiled",
+                    role="fi compiled",
+                )
+            )
+        for m in methods:
+            start = time.perf_counter()
+            probe(m, functools.partial(max_abs_diff, reference=ref))
+            if m.role == "fi compiled" and m.fn is not None:
+                compile_note = f"first call (compile) {time.perf_counter() - start:.0f} s"
+                m.note = compile_note + ("; " + m.note if m.note else "")
         run_methods(methods, s.budget_s, s.min_repeats, s.max_repeats)
         pairs = {5: 2, 6: 4}
         for k, m in enumerate(methods):
@@ -316,6 +352,9 @@ def section_ridge(quick: bool, device: str, to: Any | None) -> Section:
             ratio = "-"
             if m.timing and other:
                 ratio = f"**{m.timing.median / other.median:.2f}**"
+            torchopt = methods[5].timing if len(methods) > 5 else None
+            if m.role == "fi compiled" and m.timing and torchopt:  # TorchOpt over compiled fi
+                ratio = f"**{torchopt.median / m.timing.median:.2f}**"
             rows.append(
                 [
                     str(d),
