@@ -376,7 +376,7 @@ def section_ridge(quick: bool, device: str, to: Any | None) -> Section:
             "ridge",
             "Ridge hypergradient: time per call",
             tuple(f"d = {d}" for d in sizes),
-            ("closed", "unrolled", "funcimplicit", "TorchOpt"),
+            ("closed", "unrolled", "funcimplicit", "funcimplicit compiled", "TorchOpt"),
         )
     )
     _ridge_tasks(sec, s, device, to)
