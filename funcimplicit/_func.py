@@ -78,8 +78,11 @@ def pullback(
     leaves, spec = _tree.flatten(primal)
     # Plain tensors only: a legacy-vmap batched tensor (autograd.functional's vectorize=True)
     # cannot be detached.
-    plain = all(physical(leaf) is leaf for leaf in leaves)
-    if differentiable or not plain or derivatives_possible():
+    if (
+        differentiable
+        or derivatives_possible()
+        or any(physical(leaf) is not leaf for leaf in leaves)
+    ):
         _, vjp_fn = vjp(fn, primal)
         return lambda u: vjp_fn(u)[0]
     inputs = [leaf.detach().requires_grad_() for leaf in leaves]
@@ -87,17 +90,14 @@ def pullback(
         out_leaves, _ = _tree.flatten(fn(_tree.unflatten(spec, inputs)))
     # Outputs that do not depend on the inputs add nothing to J^T u.
     linked = [i for i, leaf in enumerate(out_leaves) if leaf.requires_grad]
+    outputs = [out_leaves[i] for i in linked]
 
     def product(u: Any) -> Any:
-        u_leaves, _ = _tree.flatten(u)
         if not linked:
             return _tree.unflatten(spec, [torch.zeros_like(x) for x in inputs])
+        u_leaves, _ = _tree.flatten(u)
         grads = torch.autograd.grad(
-            [out_leaves[i] for i in linked],
-            inputs,
-            [u_leaves[i] for i in linked],
-            retain_graph=True,
-            allow_unused=True,
+            outputs, inputs, [u_leaves[i] for i in linked], retain_graph=True, allow_unused=True
         )
         return _tree.unflatten(
             spec,
