@@ -8,13 +8,12 @@ record failures), and that every funcimplicit result agrees with its section's r
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900  # about 80 s on a quiet 2-core machine; this only stops a hang
@@ -26,19 +25,10 @@ QUICK_SECTIONS = ["ridge", "logistic", "imaml", "deq", "linear", "overhead"]
 def results(tmp_path_factory: pytest.TempPathFactory) -> str:
     pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("bench")
-    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-torchopt"]
-    proc = subprocess.run(
-        [*command, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        cwd=ROOT,
-        env=env,
-        check=False,
+    _, report = run_script(
+        [*command, "--out", str(out)], cwd=ROOT, timeout_s=TIMEOUT_S, env={"PYTHONPATH": str(ROOT)}
     )
-    report = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    assert proc.returncode == 0, report
     for section in QUICK_SECTIONS:
         assert (out / f"{section}.md").is_file(), f"no {section}.md written\n{report}"
     assert list(out.glob("*.png")), f"no plot written\n{report}"

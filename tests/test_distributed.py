@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 import re
 import socket
-import subprocess
 import sys
 import time
 import warnings
@@ -37,6 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from scripts import run_example
 from torch import Tensor
 
 import funcimplicit as fi
@@ -264,23 +263,8 @@ def test_example_runs_under_torchrun(tmp_path: Path) -> None:
         "--out",
         str(tmp_path),
     ]
-    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "default"}
-    proc = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=EXAMPLE_TIMEOUT_S,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
-    report = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, report
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert lines, report
-    assert lines[-1].startswith("RESULT:"), report
+    lines, report = run_example(command, cwd=ROOT, timeout_s=EXAMPLE_TIMEOUT_S)
     assert f"on {WORLD} process(es)" in lines[-1], report
-    assert "ConvergenceWarning" not in proc.stderr, report
     # float32: the sum over tasks in another order moves the last bits only.
     gap = re.search(r"distributed = one-process meta-gradient to (\S+);", lines[-1])
     assert gap is not None, report

@@ -7,12 +7,11 @@ Each example must exit 0, print a final line starting with ``RESULT:``, raise no
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scripts import run_example
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
@@ -44,22 +43,11 @@ def test_example_quick(name: str, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     script = EXAMPLES_DIR / f"{name}.py"
     assert script.is_file(), f"{script} is listed in EXAMPLES but does not exist"
-    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONWARNINGS": "default"}
-    proc = subprocess.run(
+    run_example(
         [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
         cwd=EXAMPLES_DIR.parent,
-        env=env,
-        check=False,
+        timeout_s=TIMEOUT_S,
     )
-    report = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, report
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert lines, report
-    assert lines[-1].startswith("RESULT:"), report
-    assert "ConvergenceWarning" not in proc.stderr, report
     for output in OUTPUTS.get(name, []):
         path = tmp_path / output
         assert path.is_file(), f"{name} did not write {output}"
