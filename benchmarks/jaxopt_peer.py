@@ -43,6 +43,7 @@ import jaxopt
 import numpy as np
 import torch
 from _timing import measure_interleaved
+from compiled import relative_diff
 from implicit import Ridge, fi_compiled_ridge, ridge_closed_form
 
 jax.config.update("jax_enable_x64", True)
@@ -51,6 +52,10 @@ REPEATS = 60
 
 def to_jax(t: torch.Tensor) -> jax.Array:
     return jnp.asarray(t.detach().cpu().numpy())
+
+
+def to_torch(tree: dict[str, jax.Array]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in tree.items()}
 
 
 def blocked(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -132,13 +137,6 @@ def jax_imaml(theta_t: im.Params, tasks_t: im.Tasks) -> Callable[[], dict[str, j
 # ----------------------------------------------------------------------------- table
 
 
-def max_rel_diff(got: Any, want: Any) -> float:
-    """Largest |got - want| over the largest |want|, over all leaves (float64)."""
-    pairs = [(np.asarray(got[k], np.float64), want[k].double().numpy()) for k in want]
-    num = max(float(np.abs(g - w).max()) for g, w in pairs)
-    return num / max(float(np.abs(w).max()) for _, w in pairs)
-
-
 def main() -> None:
     torch.set_num_threads(1)
     rows = []
@@ -180,7 +178,7 @@ def main() -> None:
             t_jx2.show("ms"),
             f"**{t_fi2.median / t_jx2.median:.2f}**",
             f"{fi_compile2:.0f} / {jx_compile2:.1f}",
-            f"{max_rel_diff(jx_out2, fi_out2):.1e} (relative, JAXopt vs fi)",
+            f"{relative_diff(to_torch(jx_out2), fi_out2):.1e} (relative, JAXopt vs fi)",
         ]
     )
 
