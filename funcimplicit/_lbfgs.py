@@ -33,8 +33,11 @@ def armijo(
 
     Returns ``(x_new, value_new, accepted)`` per element. An element whose condition never
     holds in ``max_steps`` trials does not move (``x_new = x``): the objective never
-    increases. Elements flagged in ``skip`` (finished ones) take no trial at all.
+    increases, by more than its rounding: where ``|t slope|`` is below ``4 eps |L|`` the
+    test cannot be resolved in floating point, and a trial no higher than ``L + 4 eps |L|``
+    passes. Elements flagged in ``skip`` (finished ones) take no trial at all.
     """
+    rounding = 4 * torch.finfo(value.dtype).eps
     t = torch.ones_like(value)
     accepted = torch.zeros_like(value, dtype=torch.bool)
     new_value = value
@@ -43,7 +46,12 @@ def armijo(
         if progress(settled) == ALL_DONE:
             break
         trial = objective(_tree.axpy(t, direction, x))
-        good = ~settled & torch.isfinite(trial) & (trial <= value + ARMIJO_C1 * t * slope)
+        # Where the predicted decrease is below the rounding of L, L cannot resolve it: a
+        # trial that does not rise by more than that rounding passes (near a solution).
+        noise = rounding * torch.abs(value)
+        sufficient = trial <= value + ARMIJO_C1 * t * slope
+        unresolved = (-t * slope <= noise) & (trial <= value + noise)
+        good = ~settled & torch.isfinite(trial) & (sufficient | unresolved)
         new_value = torch.where(good, trial, new_value)
         accepted = accepted | good
         settled = settled | good

@@ -177,10 +177,12 @@ class LevenbergMarquardt(_NormalStepMethod):
 
     A step is accepted when the gain ratio ``rho = (L(x) - L(x + s)) / (L(x) - m(s))``
     (actual over predicted decrease of ``L = 0.5 ||r||^2``, with ``m`` the Gauss-Newton
-    model) is positive; then ``mu <- mu max(1/3, 1 - (2 rho - 1)^3)`` and ``nu <- 2``,
-    otherwise ``x`` stays, ``mu <- mu nu`` and ``nu <- 2 nu`` (Nielsen's rule). So ``L``
-    never increases, large ``mu`` gives short gradient steps far from the solution and
-    small ``mu`` Gauss-Newton steps near it. ``mu`` and ``nu`` are per element under
+    model) is positive (or, near the solution, where the predicted decrease is below the
+    rounding of ``L``, when ``L`` does not rise beyond that rounding); then
+    ``mu <- mu max(1/3, 1 - (2 rho - 1)^3)`` and ``nu <- 2``, otherwise ``x`` stays,
+    ``mu <- mu nu`` and ``nu <- 2 nu`` (Nielsen's rule). So ``L`` never increases, large
+    ``mu`` gives short gradient steps far from the solution and small ``mu`` Gauss-Newton
+    steps near it. ``mu`` and ``nu`` are per element under
     ``vmap``. A rejected step counts as an iteration.
 
     Attributes:
@@ -233,7 +235,13 @@ class LevenbergMarquardt(_NormalStepMethod):
             # L(x) - m(s) = -g.s - 0.5 s.J^TJ s = 0.5 (mu s.s - g.s) when the solve is exact
             predicted = 0.5 * (mu * _tree.vdot(s, s) - _tree.vdot(g, s))
             ratio = safe_div(f - f_trial, predicted)
-            accept = ~finished & torch.isfinite(f_trial) & (predicted > 0) & (ratio > 0)
+            # Near the solution the predicted decrease falls below the rounding of L and the
+            # ratio is noise: a step that does not raise L beyond that rounding is accepted.
+            noise = 4 * torch.finfo(f.dtype).eps * torch.abs(f)
+            unresolved = (predicted <= noise) & (f_trial <= f + noise)
+            accept = (
+                ~finished & torch.isfinite(f_trial) & (predicted > 0) & ((ratio > 0) | unresolved)
+            )
             factor = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
             mu = torch.where(accept, mu * factor, mu * nu)
             nu = torch.where(accept, torch.full_like(nu, 2.0), 2 * nu)
