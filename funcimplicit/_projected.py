@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from . import _tree
-from ._checks import check_same_layout
+from ._checks import check_no_captured_tensors, check_same_layout
 from ._inner import InnerMethod, InnerProblem, Solution, classify
 from ._loop import iterate
 from ._tree import TreeT
@@ -115,19 +115,15 @@ class ProjectedGradient(InnerMethod):
         return GradientMapping(objective, self.projection, float(self.step_size))
 
     def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
+        call = "minimize(objective, init, *args) with ProjectedGradient"
+        check_no_captured_tensors(self.projection, call, "projection")
         eta = float(self.step_size)
         checked = [False]
 
         def project(x: Any) -> Any:
             z = self.projection(x, *problem.args)
             if not checked[0]:
-                check_same_layout(
-                    z,
-                    x,
-                    "minimize(objective, init, *args) with ProjectedGradient",
-                    "projection(x, *args)",
-                    "init",
-                )
+                check_same_layout(z, x, call, "projection(x, *args)", "init")
                 checked[0] = True
             return z
 
