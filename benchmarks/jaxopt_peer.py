@@ -181,9 +181,10 @@ class SolverProblem:
         fi_compiled: Callable[[int], Callable[[], torch.Tensor]],
         fi_iterations: Callable[[], int],
         jax_fn: Callable[[], Callable[[], Any]],
+        reference: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         self.name, self.fi_eager, self.fi_compiled = name, fi_eager, fi_compiled
-        self.fi_iterations, self.jax_fn = fi_iterations, jax_fn
+        self.fi_iterations, self.jax_fn, self.reference = fi_iterations, jax_fn, reference
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -423,12 +424,26 @@ def projected_problem() -> SolverProblem:
 
         return blocked(functools.partial(jax.jit(jax.grad(jouter)), hij))
 
+    def reference() -> torch.Tensor:
+        """With the active set read off a tight solve: coordinates at the upper bound follow
+        it, free ones solve Q_ff dx_f = -Q_fa dx_a, so d(v.x)/d hi_a = v_a - Q_af Q_ff^-1 v_f."""
+        tight = fi.ProjectedGradient(
+            projection=box, step_size=step, rtol=1e-14, atol=1e-14, maxiter=20000
+        )
+        x = fi.minimize(quadratic, x0, c, lo, hi, method=tight, implicit=False).value
+        up = (x - hi).abs() < 1e-9
+        free = ~up & ((x - lo).abs() >= 1e-9)
+        out = torch.zeros(d, dtype=F64)
+        out[up] = v[up] - Q[free][:, up].T @ torch.linalg.solve(Q[free][:, free], v[free])
+        return out
+
     return SolverProblem(
         "projected gradient, box QP, d = 50: d (v . x*) / d upper",
         eager,
         compiled,
         iterations,
         jaxopt_fn,
+        reference,
     )
 
 
@@ -445,6 +460,9 @@ def solver_rows(quick: bool, repeats: int) -> list[list[str]]:
         fns: list[Callable[[], Any]] = [problem.fi_eager]
         compiled_note, jax_note, agreement = "skipped (--quick)", ABSENT, []
         compiled_out: Any = None
+        if problem.reference is not None:
+            want = problem.reference()
+            agreement.append(f"{relative_diff(eager_out, want):.1e} fi vs active-set solve")
         if not quick:
             compiled_fn = problem.fi_compiled(k)
             compiled_out, compile_s = first_call_s(compiled_fn)
@@ -455,8 +473,10 @@ def solver_rows(quick: bool, repeats: int) -> list[list[str]]:
             jax_fn = problem.jax_fn()
             jax_out, jax_first = first_call_s(jax_fn)
             fns.append(jax_fn)
-            jax_torch = torch.from_numpy(np.asarray(jax_out))
+            jax_torch = torch.from_numpy(np.array(jax_out))
             agreement.append(f"{relative_diff(eager_out, jax_torch):.1e} fi vs JAXopt")
+            if problem.reference is not None:
+                agreement.append(f"{relative_diff(jax_torch, want):.1e} JAXopt vs active-set solve")
         timings: list[Timing] = measure_interleaved(fns, repeats=repeats, warmup=2)
         t_eager = timings[0]
         t_compiled = timings[1] if not quick else None
