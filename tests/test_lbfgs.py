@@ -246,3 +246,26 @@ def test_unbounded_objective_reports_failure_per_element() -> None:
     )(s)
     assert sols.converged.tolist() == [True, False]
     torch.testing.assert_close(sols.value[0], torch.ones(2, dtype=F64))
+
+
+def test_second_derivative_matches_second_differences_of_reference() -> None:
+    """``hessian`` (forward-over-reverse) of a validation loss through the L-BFGS solution,
+    against the second central difference of the dense Newton reference."""
+    X, y = logistic_data(5, d=3)
+    Xv, yv = logistic_data(6, d=3)
+
+    def val(w: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(Xv @ w, yv)
+
+    def outer(lam: torch.Tensor) -> torch.Tensor:
+        sol = fi.minimize(logistic_loss, torch.zeros(3, dtype=F64), lam, X, y, method=fi.LBFGS())
+        return val(sol.value)
+
+    lam, h = torch.tensor(0.7, dtype=F64), 1e-3
+    second = (
+        val(newton_reference(lam + h, X, y))
+        - 2 * val(newton_reference(lam, X, y))
+        + val(newton_reference(lam - h, X, y))
+    ) / h**2
+    # truncation O(h^2 f'''') ~ 1e-7 relative here; rounding 1e-16 / h^2 = 1e-10
+    torch.testing.assert_close(torch.func.hessian(outer)(lam), second, rtol=1e-5, atol=1e-9)

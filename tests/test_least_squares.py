@@ -210,3 +210,26 @@ def test_bad_input_errors() -> None:
         fi.least_squares(
             exp_residual, INIT, t, y, method=fi.GaussNewton(maxiter=1, on_failure="raise")
         )
+
+
+def test_second_derivative_matches_second_differences_of_reference() -> None:
+    """d^2 b* / ds^2 for data moved to y + s v (second order through the rule, which keeps
+    the residual's second derivatives), against second central differences of the reference."""
+    t, y = exp_data(1)
+    v = torch.randn(12, dtype=F64, generator=torch.Generator().manual_seed(9))
+
+    def rate(s: torch.Tensor) -> torch.Tensor:
+        data = y + s * v
+        return fi.least_squares(exp_residual, INIT, t, data, method=fi.GaussNewton()).value[1]
+
+    h = 1e-3
+
+    def ref(s: float) -> torch.Tensor:
+        return dense_gauss_newton(t, y + s * v, INIT)[1]
+
+    second = (ref(h) - 2 * ref(0.0) + ref(-h)) / h**2
+    assert abs(float(second)) > 1e-2  # a curved dependence: the check means something
+    # truncation O(h^2) ~ 1e-6 relative at most here; rounding 1e-16 / h^2 = 1e-10
+    torch.testing.assert_close(
+        torch.func.hessian(rate)(torch.tensor(0.0, dtype=F64)), second, rtol=1e-5, atol=1e-8
+    )
