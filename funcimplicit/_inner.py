@@ -36,7 +36,8 @@ class Solution(Generic[TreeT]):
             derivatives in the solver's arguments unless ``implicit=False``.
         iterations: iterations taken (int64).
         residual_norm: ``||T(value)||`` (``||F(value) - value||`` for fixed points, the
-            gradient norm for minimization), over all leaves jointly.
+            gradient norm for minimization and least squares, the projected-gradient
+            mapping's norm for ``ProjectedGradient``), over all leaves jointly.
         tolerance: the threshold ``max(atol, rtol * ||value||)`` it was held to.
         converged: ``residual_norm <= tolerance`` with everything finite.
         status: a :class:`Status` code per element (int64).
