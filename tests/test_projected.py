@@ -250,9 +250,21 @@ def test_vmap_grad_over_bounds_equals_python_loop() -> None:
         x = fi.minimize(quadratic, torch.zeros(4, dtype=F64), Q, c, s * lo, s * hi, method=method)
         return (x.value**2).sum()
 
+    def stats(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sol = fi.minimize(quadratic, torch.zeros(4, dtype=F64), Q, c, s * lo, s * hi, method=method)
+        return sol.value, sol.iterations, sol.residual_norm
+
     batched = vmap(grad(outer))(scales)
+    values, iterations, residuals = vmap(stats)(scales)
     for i, s in enumerate(scales):
         torch.testing.assert_close(batched[i], grad(outer)(s), rtol=1e-10, atol=1e-12)
+        value, count, residual = stats(s)
+        # the same iterations, equal up to rounding (the objective's x @ Q @ x is a batched
+        # matmul under vmap, which rounds differently by an ulp)
+        assert int(iterations[i]) == int(count)
+        torch.testing.assert_close(values[i], value, rtol=1e-14, atol=1e-16)
+        # the residual (~1e-11) is a difference of O(1) numbers: rounding is absolute, ~1e-16
+        torch.testing.assert_close(residuals[i], residual, rtol=0, atol=1e-15)
         fd = (box_qp_reference(Q, c, (s + 1e-6) * lo, (s + 1e-6) * hi)[0] ** 2).sum()
         fd = fd - (box_qp_reference(Q, c, (s - 1e-6) * lo, (s - 1e-6) * hi)[0] ** 2).sum()
         torch.testing.assert_close(batched[i], fd / 2e-6, rtol=1e-6, atol=1e-8)
