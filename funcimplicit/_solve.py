@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import _tree
-from ._checks import check_no_captured_tensors, check_same_layout, floating_leaves
+from ._checks import check_same_layout, floating_leaves
 from ._convergence import report
 from ._fixed_point_methods import Anderson
 from ._gmres import GMRES
@@ -137,7 +137,8 @@ def _run(
     )
     if not implicit:
         return result
-    value = attach(rule, result.value, args, range(len(args)), solve, call)
+    # The method judged convergence by its own tolerances and reported it above.
+    value = attach(rule, result.value, args, range(len(args)), solve, call, check_root=False)
     return replace(result, value=value)
 
 
@@ -178,7 +179,6 @@ def solve_fixed_point(
         >>> torch.allclose(theta.grad, 1 / (1 + torch.sin(sol.value.detach())))
         True
     """
-    check_no_captured_tensors(fixed_point_fn, "solve_fixed_point", "fixed_point_fn")
     return _run(
         "solve_fixed_point(fixed_point_fn, init, *args)",
         "fixed_point",
@@ -224,7 +224,6 @@ def solve_root(
         >>> round(float(a.grad), 6)
         0.083333
     """
-    check_no_captured_tensors(root_fn, "solve_root", "root_fn")
     return _run(
         "solve_root(root_fn, init, *args)",
         "root",
@@ -273,7 +272,6 @@ def minimize(
         >>> lam.grad
         tensor(-0.5000, dtype=torch.float64)
     """
-    check_no_captured_tensors(objective, "minimize", "objective")
     return _run(
         "minimize(objective, init, *args)",
         "minimize",
