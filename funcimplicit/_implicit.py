@@ -27,7 +27,8 @@ from ._checks import (
 from ._linear_solve import LinearProblem, solve_tree
 from ._loop import physical
 from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
-from ._solver_base import LinearSolverBase
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver
 from ._tree import TensorTree, TreeT
 
 __all__ = ["RootProblem", "attach", "root_jvp", "root_vjp"]
@@ -138,7 +139,7 @@ def root_vjp(
     args: Sequence[Any],
     cotangent: TreeT,
     *,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> tuple[Any, ...]:
     """Reverse-mode derivative of a root: ``v^T dtheta*/dargs`` for each argument.
 
@@ -163,7 +164,6 @@ def root_vjp(
         >>> fi.root_vjp(T, a / 2, (a,), torch.ones(2, dtype=torch.float64))
         (tensor([0.5000, 0.5000], dtype=torch.float64),)
     """
-    from ._gmres import GMRES
 
     label = "root_vjp(optimality_fn, solution, args, cotangent)"
     pool = TensorPool()
@@ -177,7 +177,7 @@ def root_vjp(
         pool.tensors,
         chosen,
         cotangent,
-        GMRES() if solve is None else solve,
+        as_linear_solver(solve, label),
         label,
     )
     by_index = dict(zip(chosen, grads, strict=True))
@@ -191,7 +191,7 @@ def root_jvp(
     args: Sequence[Any],
     tangents: Sequence[Any],
     *,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> TreeT:
     """Forward-mode derivative of a root: ``dtheta*/dargs . tangents``.
 
@@ -216,7 +216,6 @@ def root_jvp(
         >>> fi.root_jvp(T, a / 2, (a,), (torch.ones(2, dtype=torch.float64),))
         tensor([0.5000, 0.5000], dtype=torch.float64)
     """
-    from ._gmres import GMRES
 
     label = "root_jvp(optimality_fn, solution, args, tangents)"
     if len(tangents) != len(args):
@@ -242,7 +241,7 @@ def root_jvp(
         pool.tensors,
         chosen,
         values,
-        GMRES() if solve is None else solve,
+        as_linear_solver(solve, label),
         label,
     )
 

@@ -26,10 +26,10 @@ from ._checks import (
     refuse_whole_graph_trace,
 )
 from ._convergence import LinearSolveResult, report
-from ._gmres import GMRES
 from ._krylov import CG, NormalCG
 from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
-from ._solver_base import LinearSolverBase, default_rtol, rounding_slack
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver, default_rtol, rounding_slack
 from ._tree import TensorTree, TreeT
 
 __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
@@ -219,7 +219,7 @@ def linear_solve(
     matvec: Callable[..., TreeT],
     b: TreeT,
     *args: Any,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     init: TreeT | None = None,
 ) -> TreeT:
     """Solve ``(A(args) + ridge I) x = b`` and differentiate ``x`` in ``b`` and ``args``.
@@ -255,12 +255,7 @@ def linear_solve(
         tensor([-0.5000, -0.1250], dtype=torch.float64)
     """
     call = "linear_solve(matvec, b, *args)"
-    solver = GMRES() if solve is None else solve
-    if not isinstance(solver, LinearSolverBase):
-        raise TypeError(
-            f"{call}: solve must be a linear solver such as fi.CG() or fi.GMRES(); "
-            f"received {type(solver).__name__}."
-        )
+    solver = as_linear_solver(solve, call)
     if not callable(matvec):
         raise TypeError(f"{call}: matvec must be callable; received {type(matvec).__name__}.")
     check_no_captured_tensors(matvec, call, "matvec")
