@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -13,6 +13,7 @@ import torch
 from . import _tree
 from ._checks import check_same_layout, floating_leaves
 from ._convergence import ON_FAILURE_CHOICES, LinearSolveResult, OnFailure, report
+from ._loop import NONE_DONE, progress
 from ._tree import TensorTree, TreeT
 
 __all__ = [
@@ -113,7 +114,16 @@ class LinearSolverBase:
         rtol = self._default_rtol(_tree.flatten(b)[0][0].dtype) if self.rtol is None else self.rtol
         b_norm = _tree.norm(b)
         tolerance = torch.clamp(rtol * b_norm, min=self.atol)
-        return self._solve(operator, b, init, tolerance)
+        if _tree.size(b) == 0:  # no unknowns: x is empty and solves the system exactly
+            zero = torch.zeros_like(b_norm, dtype=torch.int64)
+            return LinearSolveResult(
+                _tree.zeros_like(b),
+                zero,
+                b_norm,
+                tolerance,
+                torch.ones_like(zero, dtype=torch.bool),
+            )
+        return non_finite_visible(self._solve(operator, b, init, tolerance), b_norm)
 
     def _default_rtol(self, dtype: torch.dtype) -> float:
         return default_rtol(dtype)
@@ -202,6 +212,29 @@ def finish(
     if claimed is not None:
         converged = converged | (finite & claimed & (residual_norm <= tolerance + slack))
     return LinearSolveResult(solution, iterations, residual_norm, tolerance, converged)
+
+
+def non_finite_visible(
+    result: LinearSolveResult[TreeT], b_norm: torch.Tensor
+) -> LinearSolveResult[TreeT]:
+    """NaN solution wherever the right-hand side, an operator product or ``x`` is not finite.
+
+    A Krylov method stops at once on a NaN residual and would hand back its start (zeros):
+    a NaN right-hand side (or cotangent, in a backward pass) would become the answer 0 or a
+    zero gradient. Whatever ``on_failure`` says (it governs non-convergence only), such an
+    element's solution is NaN and it is not converged. Per element (a ``where`` on the
+    element's own flag, no host branching but one read to skip the ``where`` when nothing
+    is bad), so one NaN ``vmap`` element never poisons the others.
+    """
+    bad = torch.logical_not(
+        torch.isfinite(b_norm)
+        & torch.isfinite(result.residual_norm)
+        & torch.isfinite(_tree.norm(result.solution))
+    )
+    if progress(bad) == NONE_DONE:
+        return result
+    solution = _tree.map_leaves(lambda leaf: torch.where(bad, torch.nan, leaf), result.solution)
+    return replace(result, solution=solution, converged=result.converged & ~bad)
 
 
 def rounding_slack(b: TensorTree) -> torch.Tensor:
