@@ -52,6 +52,7 @@ class LinearProblem:
     rhs: TreeLayout | None = None
     init: TreeLayout | None = None
     args: ArgsLayout | None = None
+    presolved: bool = False  # ``init`` is the solution, found by :func:`solve_tree`
 
     def apply_a(self, v: Any, args: tuple[Any, ...]) -> Any:
         """``A(args) v`` (or ``A(args)^T v`` when transposed), without the ridge."""
@@ -110,9 +111,13 @@ class _LinearSolveFunction(torch.autograd.Function):
         rhs = problem.rhs.rebuild(tensors)
         init = None if problem.init is None else problem.init.rebuild(tensors)
         args = problem.args.rebuild(tensors)
-        result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
-        report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
-        leaves, _ = _tree.flatten(result.solution)
+        if problem.presolved:
+            solution = init
+        else:
+            result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
+            report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
+            solution = result.solution
+        leaves, _ = _tree.flatten(solution)
         ids = {id(t) for t in tensors}
         # An output may not be one of the inputs (autograd.Function rule): copy it then.
         return tuple(leaf.clone() if id(leaf) in ids else leaf for leaf in leaves)
@@ -198,12 +203,26 @@ def solve_tree(problem: LinearProblem, rhs: Any, args: tuple[Any, ...], init: An
         result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
         report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
         return result.solution
+    # Solve here, at the caller's torch.func levels, on detached values; the Function only
+    # attaches the rule. Inside Function.forward the outer levels are lowered, and a
+    # callback closing over a tensor of an outer vmap/grad (a preconditioner r / d_task
+    # under vmap(grad)) crashed torch there (INTERNAL ASSERT wrapper == nullptr).
+    with torch.no_grad():
+        constant = _tree.map_leaves(_detached, (rhs, args, init))
+        result = _run(problem.solver, problem.operator(constant[0], constant[1]), *constant[::2])
+    report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
     pool = TensorPool()
     rhs_layout = pool.add_tree(rhs)
-    init_layout = None if init is None else pool.add_tree(init)
-    problem = replace(problem, rhs=rhs_layout, init=init_layout, args=pool.add_args(args))
+    init_layout = pool.add_tree(_tree.map_leaves(torch.Tensor.detach, result.solution))
+    problem = replace(
+        problem, rhs=rhs_layout, init=init_layout, args=pool.add_args(args), presolved=True
+    )
     out = _LinearSolveFunction.apply(problem, *pool.tensors)  # type: ignore[no-untyped-call]
     return _tree.unflatten(rhs_layout.spec, list(out))
+
+
+def _detached(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 def _normal_matvec(matvec: Callable[..., Any]) -> Callable[..., Any]:

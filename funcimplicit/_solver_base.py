@@ -188,7 +188,23 @@ class IterativeSolver(LinearSolverBase):
         return default_maxiter(_tree.size(b)) if self.maxiter is None else self.maxiter
 
     def _precondition(self, v: TreeT) -> TreeT:
-        return v if self.preconditioner is None else self.preconditioner(v)
+        if self.preconditioner is None:
+            return v
+        try:
+            out: TreeT = self.preconditioner(v)
+        except RuntimeError as error:
+            if "INTERNAL ASSERT" not in str(error):
+                raise
+            raise RuntimeError(
+                f"{type(self).__name__}: the preconditioner failed inside torch.func "
+                f"({str(error).splitlines()[0][:120]}). It closes over a tensor of a torch.func "
+                "transform that is not active where this linear solve runs: the forward-mode "
+                "rule of a derivative (torch.func.hessian = jacfwd(jacrev), jvp of a gradient). "
+                "First derivatives, vmap(grad) and jacrev(jacrev) work with such a "
+                "preconditioner: take Hessians with jacrev(jacrev), or build the "
+                "preconditioner from tensors created outside the transforms."
+            ) from error
+        return out
 
 
 def finish(

@@ -254,3 +254,76 @@ def test_gmres_stagnation_is_per_vmap_element() -> None:
     assert result.stagnated.tolist() == [True, False]
     assert result.converged.tolist() == [False, True]
     torch.testing.assert_close(a @ result.solution[1], bs[1])
+
+
+# ------------------------------------------------------- preconditioners closing over tensors
+#
+# A preconditioner r -> r / d_task that closes over a per-task tensor under vmap(grad) crashed
+# torch (INTERNAL ASSERT wrapper == nullptr): the solve ran inside autograd.Function.forward,
+# where the outer torch.func levels are lowered, so the captured tensor's level was not active.
+# The solve now runs outside, at the caller's levels. The solution does not depend on the
+# preconditioner, so its captured tensors need no derivative. Reference: x = b / d.
+
+PRECONDITIONED = {
+    "CG": lambda pc: fi.CG(preconditioner=pc),
+    "GMRES": lambda pc: fi.GMRES(preconditioner=pc),
+    "BiCGStab": lambda pc: fi.BiCGStab(preconditioner=pc),
+    "Neumann": lambda pc: fi.Neumann(preconditioner=pc),
+}
+
+
+def _diag_solve(d: torch.Tensor, b: torch.Tensor, make: Any) -> torch.Tensor:
+    x: torch.Tensor = fi.linear_solve(lambda v, d: d * v, b, d, solve=make(lambda r: r / d))
+    return x
+
+
+def _tasks() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    d = torch.rand(3, 4, generator=g, dtype=F64) + 1.0
+    b = torch.randn(3, 4, generator=g, dtype=F64)
+    return d, b
+
+
+@pytest.mark.parametrize("name", list(PRECONDITIONED))
+def test_preconditioner_closing_over_a_per_task_tensor_under_vmap_grad(name: str) -> None:
+    make = PRECONDITIONED[name]
+    d, b = _tasks()
+
+    def loss(d: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _diag_solve(d, b, make).square().sum()
+
+    grad_d, grad_b = torch.func.vmap(torch.func.grad(loss, argnums=(0, 1)))(d, b)
+    # loss = sum (b / d)^2: d/dd = -2 b^2 / d^3, d/db = 2 b / d^2
+    torch.testing.assert_close(grad_d, -2 * b**2 / d**3, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(grad_b, 2 * b / d**2, rtol=1e-8, atol=1e-12)
+    jac = torch.func.vmap(torch.func.jacrev(lambda d, b: _diag_solve(d, b, make)))(d, b)
+    torch.testing.assert_close(jac, torch.diag_embed(-b / d**2), rtol=1e-8, atol=1e-12)
+
+
+def test_preconditioner_closing_over_a_tensor_classic_autograd_and_second_order() -> None:
+    make = PRECONDITIONED["CG"]
+    d, b = _tasks()
+    d0 = d[0].clone().requires_grad_()
+    _diag_solve(d0, b[0], make).sum().backward()  # type: ignore[no-untyped-call]
+    assert d0.grad is not None
+    torch.testing.assert_close(d0.grad, -b[0] / d[0] ** 2, rtol=1e-8, atol=1e-12)
+
+    # reverse-over-reverse second derivatives: d^2/db^2 sum (b / d)^2 = diag(2 / d^2)
+    def loss(d: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _diag_solve(d, b, make).square().sum()
+
+    hess = torch.func.vmap(torch.func.jacrev(torch.func.jacrev(loss, argnums=1), argnums=1))(d, b)
+    torch.testing.assert_close(hess, torch.diag_embed(2 / d**2), rtol=1e-8, atol=1e-12)
+
+
+def test_preconditioner_capture_under_forward_over_reverse_is_explained() -> None:
+    """jacfwd(jacrev) runs a solve inside the Function's jvp rule, where the captured tensor's
+    level is not active; torch's internal assert is turned into an explanation."""
+    make = PRECONDITIONED["CG"]
+    d, b = _tasks()
+
+    def loss(d: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _diag_solve(d, b, make).square().sum()
+
+    with pytest.raises(RuntimeError, match=r"preconditioner.*jacrev\(jacrev\)"):
+        torch.func.hessian(loss, argnums=1)(d[0], b[0])
