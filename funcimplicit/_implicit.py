@@ -42,7 +42,8 @@ from ._convergence import ConvergenceError, ConvergenceWarning
 from ._linear_solve import LinearProblem, solve_tree
 from ._loop import physical
 from ._packing import ArgsLayout, TensorPool, TreeLayout
-from ._solver_base import LinearSolverBase
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver
 from ._tree import TensorTree, TreeT
 
 __all__ = ["RootProblem", "attach", "root_jvp", "root_vjp"]
@@ -128,7 +129,7 @@ def root_vjp(
     args: Sequence[Any],
     cotangent: TreeT,
     *,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> tuple[Any, ...]:
     """Reverse-mode derivative of a root: ``v^T dtheta*/dargs`` for each argument.
 
@@ -154,10 +155,9 @@ def root_vjp(
         >>> fi.root_vjp(T, a / 2, (a,), torch.ones(2, dtype=torch.float64))
         (tensor([0.5000, 0.5000], dtype=torch.float64),)
     """
-    from ._gmres import GMRES
 
     label = "root_vjp(optimality_fn, solution, args, cotangent)"
-    solver = GMRES() if solve is None else solve
+    solver = as_linear_solver(solve, label)
     leaves, spec, positions = _split_tensors(args)
     out, pullback = _func.vjp(
         lambda *values: optimality_fn(solution, *_with_values(leaves, spec, positions, values)),
@@ -183,7 +183,7 @@ def root_jvp(
     args: Sequence[Any],
     tangents: Sequence[Any],
     *,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> TreeT:
     """Forward-mode derivative of a root: ``dtheta*/dargs . tangents``.
 
@@ -209,14 +209,13 @@ def root_jvp(
         >>> fi.root_jvp(T, a / 2, (a,), (torch.ones(2, dtype=torch.float64),))
         tensor([0.5000, 0.5000], dtype=torch.float64)
     """
-    from ._gmres import GMRES
 
     label = "root_jvp(optimality_fn, solution, args, tangents)"
     if len(tangents) != len(args):
         raise ValueError(
             f"{label}: expected one tangent per argument ({len(args)}); received {len(tangents)}."
         )
-    solver = GMRES() if solve is None else solve
+    solver = as_linear_solver(solve, label)
     leaves, spec, positions = _split_tensors(args)
     tangent_leaves = _tree.flatten(tuple(tangents))[0]
     if len(tangent_leaves) == len(leaves):  # one tangent per leaf: those of tensors count

@@ -25,10 +25,10 @@ from ._checks import (
     refuse_whole_graph_trace,
 )
 from ._convergence import LinearSolveResult, report
-from ._gmres import GMRES
 from ._krylov import CG, NormalCG
 from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
-from ._solver_base import LinearSolverBase, default_rtol, rounding_slack
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver, default_rtol, rounding_slack
 from ._tree import TensorTree, TreeT
 
 __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
@@ -51,6 +51,7 @@ class LinearProblem:
     rhs: TreeLayout | None = None
     init: TreeLayout | None = None
     args: ArgsLayout | None = None
+    presolved: bool = False  # ``init`` is the solution, found by :func:`solve_tree`
 
     def apply_a(self, v: Any, args: tuple[Any, ...]) -> Any:
         """``A(args) v`` (or ``A(args)^T v`` when transposed), without the ridge."""
@@ -109,9 +110,13 @@ class _LinearSolveFunction(torch.autograd.Function):
         rhs = problem.rhs.rebuild(tensors)
         init = None if problem.init is None else problem.init.rebuild(tensors)
         args = problem.args.rebuild(tensors)
-        result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
-        report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
-        leaves, _ = _tree.flatten(result.solution)
+        if problem.presolved:
+            solution = init
+        else:
+            result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
+            report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
+            solution = result.solution
+        leaves, _ = _tree.flatten(solution)
         ids = {id(t) for t in tensors}
         # An output may not be one of the inputs (autograd.Function rule): copy it then.
         return tuple(leaf.clone() if id(leaf) in ids else leaf for leaf in leaves)
@@ -205,12 +210,26 @@ def solve_tree(
         result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
         report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
         return result.solution
+    # Solve here, at the caller's torch.func levels, on detached values; the Function only
+    # attaches the rule. Inside Function.forward the outer levels are lowered, and a
+    # callback closing over a tensor of an outer vmap/grad (a preconditioner r / d_task
+    # under vmap(grad)) crashed torch there (INTERNAL ASSERT wrapper == nullptr).
+    with torch.no_grad():
+        constant = _tree.map_leaves(_detached, (rhs, args, init))
+        result = _run(problem.solver, problem.operator(constant[0], constant[1]), *constant[::2])
+    report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
     pool = TensorPool()
     rhs_layout = pool.add_tree(rhs)
-    init_layout = None if init is None else pool.add_tree(init)
-    problem = replace(problem, rhs=rhs_layout, init=init_layout, args=pool.add_args(args))
+    init_layout = pool.add_tree(_tree.map_leaves(torch.Tensor.detach, result.solution))
+    problem = replace(
+        problem, rhs=rhs_layout, init=init_layout, args=pool.add_args(args), presolved=True
+    )
     out = _LinearSolveFunction.apply(problem, *pool.tensors)  # type: ignore[no-untyped-call]
     return _tree.unflatten(rhs_layout.spec, list(out))
+
+
+def _detached(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 def _normal_matvec(matvec: Callable[..., Any]) -> Callable[..., Any]:
@@ -226,7 +245,7 @@ def linear_solve(
     matvec: Callable[..., TreeT],
     b: TreeT,
     *args: Any,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     init: TreeT | None = None,
 ) -> TreeT:
     """Solve ``(A(args) + ridge I) x = b`` and differentiate ``x`` in ``b`` and ``args``.
@@ -263,12 +282,7 @@ def linear_solve(
         tensor([-0.5000, -0.1250], dtype=torch.float64)
     """
     call = "linear_solve(matvec, b, *args)"
-    solver = GMRES() if solve is None else solve
-    if not isinstance(solver, LinearSolverBase):
-        raise TypeError(
-            f"{call}: solve must be a linear solver such as fi.CG() or fi.GMRES(); "
-            f"received {type(solver).__name__}."
-        )
+    solver = as_linear_solver(solve, call)
     if not callable(matvec):
         raise TypeError(f"{call}: matvec must be callable; received {type(matvec).__name__}.")
     floating_leaves(b, call, "b")

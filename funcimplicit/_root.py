@@ -11,9 +11,9 @@ import torch
 
 from . import _tree
 from ._checks import check_same_layout, floating_leaves
-from ._gmres import GMRES
 from ._implicit import attach
-from ._solver_base import LinearSolverBase
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver
 from ._tree import TensorTree, TreeT
 
 __all__ = ["fixed_point", "implicit_root"]
@@ -53,20 +53,14 @@ def _normalize_argnums(
 
 
 def _check_solver(solve: Any, call: str) -> LinearSolverBase:
-    solver = GMRES() if solve is None else solve
-    if not isinstance(solver, LinearSolverBase):
-        raise TypeError(
-            f"{call}: solve must be a linear solver such as fi.CG() or fi.GMRES(); "
-            f"received {type(solve).__name__}."
-        )
-    return solver
+    return as_linear_solver(solve, call)
 
 
 def _decorate(
     optimality_fn: Callable[..., Any],
     argnums: int | Sequence[int] | None,
     has_aux: bool,
-    solve: LinearSolverBase | None,
+    solve: LinearSolveArg,
     name: str,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     call = f"{name}(...)"
@@ -201,7 +195,7 @@ def implicit_root(
     optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: Literal[False] = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, TreeT]], Callable[P, TreeT]]: ...
 @overload
 def implicit_root(
@@ -209,27 +203,27 @@ def implicit_root(
     argnums: int | Sequence[int] | None = None,
     *,
     has_aux: Literal[True],
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
 @overload
 def implicit_root(
     optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None,
     has_aux: Literal[True],
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
 @overload
 def implicit_root(
     optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, Any]], Callable[P, Any]]: ...
 def implicit_root(
     optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Give any solver of ``T(theta, *args) = 0`` implicit derivatives in its arguments.
 
@@ -277,7 +271,7 @@ def fixed_point(
     fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: Literal[False] = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, TreeT]], Callable[P, TreeT]]: ...
 @overload
 def fixed_point(
@@ -285,27 +279,27 @@ def fixed_point(
     argnums: int | Sequence[int] | None = None,
     *,
     has_aux: Literal[True],
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
 @overload
 def fixed_point(
     fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None,
     has_aux: Literal[True],
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
 @overload
 def fixed_point(
     fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, Any]], Callable[P, Any]]: ...
 def fixed_point(
     fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Give any solver of ``theta = F(theta, *args)`` implicit derivatives in its arguments.
 

@@ -21,9 +21,10 @@ from ._gmres import GMRES
 from ._implicit import attach
 from ._inner import InnerMethod, InnerProblem, Solution
 from ._krylov import CG
+from ._protocols import LinearSolveArg
 from ._root import _FixedPointResidual
 from ._root_methods import Newton
-from ._solver_base import LinearSolverBase
+from ._solver_base import as_linear_solver
 from ._tree import TreeT
 
 __all__ = ["minimize", "solve_fixed_point", "solve_root"]
@@ -82,7 +83,7 @@ def _run(
     init: TreeT,
     args: tuple[Any, ...],
     method: InnerMethod,
-    solve: LinearSolverBase,
+    solve: LinearSolveArg,
     implicit: bool,
 ) -> Solution[TreeT]:
     """Run ``method`` on the problem ``fn`` defines (``kind``: fixed_point, root, minimize)."""
@@ -91,11 +92,7 @@ def _run(
             f"{call}: method must be an inner solver such as fi.Anderson() or fi.Newton(); "
             f"received {type(method).__name__}."
         )
-    if not isinstance(solve, LinearSolverBase):
-        raise TypeError(
-            f"{call}: solve must be a linear solver such as fi.GMRES(); "
-            f"received {type(solve).__name__}."
-        )
+    solve = as_linear_solver(solve, call)
     leaves, _ = floating_leaves(init, call, "init")
     rtol, atol = method.tolerances(leaves[0].dtype)
     # A fresh start: the result may be the start itself when no iteration is needed.
@@ -147,7 +144,7 @@ def solve_fixed_point(
     init: TreeT,
     *args: Any,
     method: InnerMethod | None = None,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
     """Find ``x = F(x, *args)`` and differentiate it implicitly in ``args``.
@@ -196,7 +193,7 @@ def solve_root(
     init: TreeT,
     *args: Any,
     method: InnerMethod | None = None,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
     """Find ``T(x, *args) = 0`` and differentiate ``x`` implicitly in ``args``.
@@ -241,7 +238,7 @@ def minimize(
     init: TreeT,
     *args: Any,
     method: InnerMethod | None = None,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
     """Minimize ``L(x, *args)`` over ``x`` and differentiate the minimizer in ``args``.
