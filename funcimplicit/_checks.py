@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import types
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import torch
@@ -15,7 +14,6 @@ from . import _tree
 RuleT = TypeVar("RuleT", bound=Callable[..., Any])
 
 __all__ = [
-    "check_no_captured_tensors",
     "check_same_layout",
     "derivatives_possible",
     "floating_leaves",
@@ -24,6 +22,7 @@ __all__ = [
     "never_compiled",
     "refuse_forward_over_forward",
     "refuse_whole_graph_trace",
+    "without_saved_tensor_hooks",
 ]
 
 
@@ -85,80 +84,6 @@ def check_same_layout(
             raise TypeError(
                 f"{call}: {what} leaf {index} is {got.dtype} on {got.device}; expected "
                 f"{want.dtype} on {want.device}, like {reference} leaf {index}."
-            )
-
-
-def _captured_objects(fn: Any, depth: int) -> list[tuple[str, Any]]:
-    """Objects a callable carries with it: closure cells, defaults, partial arguments."""
-    found: list[tuple[str, Any]] = []
-    if depth > 3:
-        return found
-    if isinstance(fn, functools.partial):
-        found += [(f"partial argument {i}", a) for i, a in enumerate(fn.args)]
-        found += [(f"partial keyword {k!r}", v) for k, v in fn.keywords.items()]
-        found += _captured_objects(fn.func, depth + 1)
-        return found
-    if isinstance(fn, types.MethodType):
-        found.append(("bound object", fn.__self__))
-        return found + _captured_objects(fn.__func__, depth + 1)
-    code = getattr(fn, "__code__", None)
-    closure = getattr(fn, "__closure__", None)
-    if code is not None and closure:
-        for name, cell in zip(code.co_freevars, closure, strict=False):
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell (variable not yet assigned)
-                continue
-            found.append((f"closure variable {name!r}", value))
-            if callable(value) and not isinstance(value, torch.nn.Module | type):
-                found += _captured_objects(value, depth + 1)
-    if code is not None:
-        # Module-level names the function reads (a global tensor is captured just the same).
-        namespace = getattr(fn, "__globals__", {})
-        for name in code.co_names:
-            value = namespace.get(name)
-            if isinstance(value, torch.Tensor | torch.nn.Module):
-                found.append((f"global variable {name!r}", value))
-    for i, default in enumerate(getattr(fn, "__defaults__", None) or ()):
-        found.append((f"default argument {i}", default))
-    return found
-
-
-def _tracked_tensor(value: Any) -> bool:
-    if isinstance(value, torch.nn.Module):
-        return any(p.requires_grad or is_transformed(p) for p in value.parameters())
-    try:
-        leaves, _ = _tree.flatten(value)
-    except Exception:  # an object optree cannot walk holds nothing we can check
-        return False
-    return any(
-        isinstance(leaf, torch.Tensor) and (leaf.requires_grad or is_transformed(leaf))
-        for leaf in leaves
-    )
-
-
-def check_no_captured_tensors(fn: Callable[..., Any], call: str, name: str) -> None:
-    """Refuse a callback that closes over a tensor (or module) that may be differentiated.
-
-    Derivatives flow only through the explicit arguments: a tensor captured by a closure is
-    invisible to the implicit rule, so its gradient would be silently zero or wrong.
-    Under ``torch.compile`` (which cannot trace closure inspection) the check is skipped:
-    the eager run of the same code performs it.
-    """
-    if torch.compiler.is_compiling():
-        return
-    for where, value in _captured_objects(fn, 0):
-        if _tracked_tensor(value):
-            kind = (
-                "an nn.Module with trainable parameters"
-                if isinstance(value, torch.nn.Module)
-                else "a tensor that requires grad or is traced by a torch.func transform"
-            )
-            raise ValueError(
-                f"{call}: {name} captures {kind} ({where}). Derivatives only flow through "
-                f"explicit arguments, so this one would be silently wrong. Pass it as an "
-                f"argument instead (for modules, pass their parameters and use "
-                f"torch.func.functional_call), or .detach() it if it is constant."
             )
 
 
@@ -224,6 +149,30 @@ def never_compiled(rule: RuleT) -> RuleT:
     Function), so nothing is lost.
     """
     return cast(RuleT, torch.compiler.disable(rule))  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def without_saved_tensor_hooks() -> Iterator[None]:
+    """Set aside the active ``saved_tensors_hooks`` (e.g. ``save_on_cpu``) for a moment.
+
+    ``torch.func.grad``/``vjp`` refuse to run while such hooks are active, and the implicit
+    rule evaluates the optimality function (which may call them) in the forward pass. The
+    tensors that evaluation saves skip the user's hooks; they are a few solution-sized ones.
+    Private API (``torch._C._autograd``), guarded: where it is missing, nothing changes.
+    """
+    autograd = torch._C._autograd
+    hooks: list[Any] = []
+    try:
+        while (top := autograd._top_saved_tensors_default_hooks(False)) is not None:
+            hooks.append(top)
+            autograd._pop_saved_tensors_default_hooks()
+    except Exception:  # the private API moved: leave the hooks as they are
+        pass
+    try:
+        yield
+    finally:
+        for pack, unpack in reversed(hooks):
+            autograd._push_saved_tensors_default_hooks(pack, unpack)
 
 
 def refuse_whole_graph_trace(problem: object, expected: type, call: str) -> None:

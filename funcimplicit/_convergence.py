@@ -47,6 +47,9 @@ class LinearSolveResult(Generic[TreeT]):
             for CG, BiCGStab and GMRES, whose recurrence (or estimate) met the tolerance,
             ``residual_norm <= tolerance + sqrt(eps) * ||b||``: the true residual may drift
             from the recurrence by rounding, and a solve is not called failed for that.
+        stagnated: where a method detects it (GMRES), whether an element stopped early,
+            unconverged, because a restart cycle no longer lowered the residual (a singular
+            or inconsistent system); ``None`` where the method does not detect it.
     """
 
     solution: TreeT
@@ -54,6 +57,7 @@ class LinearSolveResult(Generic[TreeT]):
     residual_norm: torch.Tensor
     tolerance: torch.Tensor
     converged: torch.Tensor
+    stagnated: torch.Tensor | None = None
 
 
 # A pytree node, so results can be returned from ``vmap``-ed functions.
@@ -110,6 +114,13 @@ def report(
         detail = (
             f"residual norm {float(residual[worst]):.3e} > tolerance "
             f"{float(tolerance[worst]):.3e} after {int(iterations[worst])} iterations"
+        )
+    stagnated = getattr(result, "stagnated", None)
+    stuck = None if stagnated is None else physical(stagnated)
+    if stuck is not None and bool((stuck.reshape(-1) & failed).any()):
+        detail = (
+            "stagnated: the residual stopped decreasing over a restart cycle (a singular "
+            f"or inconsistent system?); {detail}"
         )
     message = f"{call}: did not converge for {count}: {detail}."
     if hint:

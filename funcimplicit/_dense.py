@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -53,10 +53,12 @@ class _DenseSolver(LinearSolverBase):
         rhs, unravel = _tree.ravel(b)
         x, ok = self._factor_solve(matrix, rhs[:, None])
         x = x[:, 0]
+        # The honest residual (NaN where x is not finite: the base then makes x NaN); a
+        # failed factorization (e.g. Cholesky of an indefinite A) is not converged either.
         residual = torch.linalg.vector_norm(rhs - matrix @ x)
-        residual = torch.where(ok, residual, torch.inf)
         iterations = torch.ones_like(residual, dtype=torch.int64)
-        return finish(unravel(x), iterations, residual, tolerance)
+        result = finish(unravel(x), iterations, residual, tolerance)
+        return replace(result, converged=result.converged & ok)
 
     def _factor_solve(
         self, matrix: torch.Tensor, rhs: torch.Tensor

@@ -65,20 +65,38 @@ class GMRES(IterativeSolver):
         claimed = torch.zeros_like(beta, dtype=torch.bool)
         cycles = math.ceil(maxiter / m) + 1
         converged = torch.zeros_like(beta, dtype=torch.bool)
+        stagnated = torch.zeros_like(beta, dtype=torch.bool)
+        ran = stagnated  # elements that ran the last cycle
+        x_before, beta_before = x, beta
+        # Restarted GMRES never increases the residual (each cycle minimizes it over a space
+        # that contains the zero step); a cycle that lowered it by less than this fraction is
+        # no progress: a singular or inconsistent system, or complete stagnation of GMRES(m).
+        least = 1 - math.sqrt(torch.finfo(beta.dtype).eps)
         for cycle in range(cycles):
             r = b if (cycle == 0 and init is None) else _tree.sub(b, operator(x))
             beta = _tree.norm(r)
             # Accept the true residual; after a cycle whose estimate met the tolerance, allow
             # the rounding drift between estimate and true residual.
             converged = (beta <= tolerance) | (claimed & (beta <= tolerance + slack))
-            done = converged | ~torch.isfinite(beta) | (iterations >= maxiter)
+            if cycle > 0:
+                open_ = ran & ~converged & torch.isfinite(beta)
+                # rounding (e.g. after a breakdown) made it worse: keep the previous x
+                worse = open_ & (beta > beta_before)
+                if progress(worse) != NONE_DONE:
+                    x = _tree.where(worse, x_before, x)
+                    beta = torch.where(worse, beta_before, beta)
+                stagnated = stagnated | (open_ & torch.logical_not(beta < least * beta_before))
+            done = converged | stagnated | ~torch.isfinite(beta) | (iterations >= maxiter)
             if cycle == cycles - 1 or progress(done) == ALL_DONE:
                 break
+            ran, x_before, beta_before = ~done, x, beta
             x, iterations, claimed = self._cycle(
                 operator, r, beta, x, done, iterations, tolerance, m, maxiter
             )
         converged = converged & torch.isfinite(beta)
-        return LinearSolveResult(x, iterations, beta, tolerance, converged)
+        return LinearSolveResult(
+            x, iterations, beta, tolerance, converged, stagnated=stagnated & ~converged
+        )
 
     def _cycle(
         self,
@@ -110,6 +128,7 @@ class GMRES(IterativeSolver):
         upper = torch.zeros(m + 1, m, dtype=dtype, device=beta.device) * beta
         g = beta * eye[0]  # Q^T (beta e_0); |g[j + 1]| is the residual estimate after step j
         steps = torch.zeros_like(iterations)
+        breakdown = 10 * torch.finfo(dtype).eps
         mutable: bool | None = None  # decided at the first matvec of the cycle
         inner_done = done | (iterations >= maxiter)
         for j in range(m):
@@ -122,6 +141,7 @@ class GMRES(IterativeSolver):
                 spec, [q[j].reshape(s) for q, s in zip(basis, shapes, strict=True)]
             )
             w = [leaf.reshape(-1) for leaf in _tree.flatten(operator(self._precondition(v_j)))[0]]
+            av_norm = safe_sqrt(_sum(torch.sum(wl * wl) for wl in w))
             h: torch.Tensor | None = None
             # against the rows built so far only (the rest are zero)
             built = [q[: j + 1] for q in basis]
@@ -130,13 +150,17 @@ class GMRES(IterativeSolver):
                 w = [wl - coeffs @ q for q, wl in zip(built, w, strict=True)]
                 h = coeffs if h is None else h + coeffs
             w_norm = safe_sqrt(_sum(torch.sum(wl * wl) for wl in w))
+            # Breakdown: A M v_j lies in the basis up to rounding (the Krylov space is
+            # invariant). The rest of w is noise: add no basis vector, end this cycle.
+            broke = w_norm <= breakdown * av_norm
+            w_norm = w_norm.masked_fill(broke, 0)
             assert h is not None
             h = (
                 torch.cat([h, w_norm[None], h.new_zeros(m - j - 1)])
                 if j + 1 < m
                 else torch.cat([h, w_norm[None]])
             )
-            scale = safe_div(torch.ones_like(w_norm), w_norm)
+            scale = safe_div(torch.ones_like(w_norm), w_norm).masked_fill(broke, 0)
             if status != NONE_DONE:
                 scale = scale.masked_fill(~active, 0)  # frozen elements add no basis vector
             new_rows = [scale * wl for wl in w]
@@ -177,7 +201,7 @@ class GMRES(IterativeSolver):
                 steps = steps + active.to(torch.int64)
             # stop on a met (or NaN) estimate, or the iteration budget
             met = torch.logical_not(torch.abs(g[j + 1]) > tolerance)
-            inner_done = inner_done | met | (iterations + steps >= maxiter)
+            inner_done = inner_done | met | broke | (iterations + steps >= maxiter)
         # Minimize ||beta e_0 - H y|| over the steps taken: R y = g on the used columns; unused
         # columns get a unit diagonal and zero right-hand side, so their y is 0.
         used = torch.arange(m, device=beta.device) < steps

@@ -22,8 +22,8 @@ from . import _func, _tree
 from ._checks import check_same_layout, floating_leaves
 from ._convergence import LinearSolveResult, report
 from ._implicit import _check_finite
+from ._protocols import LinearSolveArg
 from ._root import _check_solver, _normalize_argnums
-from ._solver_base import LinearSolverBase
 
 __all__ = ["Hypergradient", "hypergradient"]
 
@@ -59,7 +59,7 @@ def hypergradient(
     solution: Any,
     *args: Any,
     argnums: int | tuple[int, ...] = 1,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Hypergradient:
     """The gradient of ``outer_fn(theta*, *args)`` through a root ``theta*`` of ``optimality_fn``.
 

@@ -1,12 +1,23 @@
-"""The implicit rule for a root ``T(theta*, args) = 0``: ``root_vjp``, ``root_jvp``, and the
-``autograd.Function`` that attaches them to any solution.
+"""The implicit rule for a root ``T(theta*, args) = 0``: ``root_vjp``, ``root_jvp``, and
+``attach``, which gives any solution its implicit derivatives.
 
-Differentiating ``T(theta*(a), a) = 0`` gives ``A J = -B`` with ``A = dT/dtheta`` and
-``B = dT/da`` at the solution. Reverse mode, for a cotangent ``v`` of ``theta*``: solve
-``A^T u = v``, then ``grad_a = -B^T u`` (one VJP of ``T`` in ``a``). Forward mode, for a
-tangent ``t`` of ``a``: solve ``A s = -B t``. ``A`` is only applied (a VJP or JVP of ``T`` in
-``theta``), never formed, and both solves go through ``linear_solve``'s own rule, so these
-derivatives are themselves differentiable: second derivatives are exact.
+Differentiating ``T(theta*(a), a) = 0`` gives ``A dtheta* = -B da`` with ``A = dT/dtheta``
+and ``B = dT/da`` at the solution. ``attach`` evaluates ``z = T(theta*, args)`` once, at the
+detached solution, as ordinary code: autograd and ``torch.func`` then see everything ``T``
+touches (explicit arguments, module parameters, closures, containers) and carry ``dz = B da``
+for all of it. One ``autograd.Function`` of ``z`` returns ``theta*`` and maps
+
+    dtheta* = -A^{-1} dz          (forward mode: one solve with A)
+    grad_z  = -A^{-T} v           (reverse mode: one solve with A^T for a cotangent v)
+
+so first derivatives are exact for whatever ``T`` reads. ``A`` is only applied (a VJP or JVP
+of ``T`` in ``theta``), never formed, and both solves go through ``linear_solve``'s own rule.
+
+Second order. ``z`` is evaluated at the detached solution, so the derivative of ``B`` along
+``theta*(a)`` is missing from ``grad_z``'s graph. For explicit arguments the rule adds the
+zero-valued term ``B(theta_out)^T (-u) - B(theta*)^T (-u)`` (``theta_out``: the output, which
+carries its own derivative), which restores it exactly. A tensor ``T`` merely captures cannot
+be reached that way: where a second derivative could flow through one, the rule refuses.
 """
 
 from __future__ import annotations
@@ -20,14 +31,19 @@ import torch
 from . import _func, _tree
 from ._checks import (
     check_same_layout,
+    derivatives_possible,
+    is_transformed,
     never_compiled,
     refuse_forward_over_forward,
     refuse_whole_graph_trace,
+    without_saved_tensor_hooks,
 )
+from ._convergence import ConvergenceError, ConvergenceWarning
 from ._linear_solve import LinearProblem, solve_tree
 from ._loop import physical
-from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
-from ._solver_base import LinearSolverBase
+from ._packing import ArgsLayout, TensorPool, TreeLayout
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver
 from ._tree import TensorTree, TreeT
 
 __all__ = ["RootProblem", "attach", "root_jvp", "root_vjp"]
@@ -65,6 +81,24 @@ def _jacobian_t_linearize(fn: Callable[..., Any]) -> Callable[..., Callable[[Any
     return linearize
 
 
+def _transposed_solve(fn: Callable[..., Any], solve: LinearSolverBase, label: str) -> LinearProblem:
+    return LinearProblem(
+        _jacobian_t_matvec(fn),
+        solve,
+        f"{label} (the linear solve A^T u = v of the backward pass)",
+        linearize=_jacobian_t_linearize(fn),
+    )
+
+
+def _forward_solve(fn: Callable[..., Any], solve: LinearSolverBase, label: str) -> LinearProblem:
+    return LinearProblem(
+        _jacobian_matvec(fn),
+        solve,
+        f"{label} (the linear solve A s = -dz of forward mode)",
+        linearize=_jacobian_linearize(fn),
+    )
+
+
 def _check_finite(tree: TensorTree, message: str) -> None:
     """Raise ``ValueError(message)`` if ``tree`` holds NaN/Inf (eager only; no-op in compile)."""
     for leaf in _tree.flatten(tree)[0]:
@@ -73,63 +107,20 @@ def _check_finite(tree: TensorTree, message: str) -> None:
             raise ValueError(message)
 
 
-def _vjp_core(
-    fn: Callable[..., Any],
-    solution: Any,
-    args: tuple[Any, ...],
-    layout: ArgsLayout,
-    tensors: Sequence[torch.Tensor],
-    chosen: Sequence[int],
-    cotangent: Any,
-    solve: LinearSolverBase,
-    label: str,
-) -> tuple[Any, ...]:
-    """``-B^T A^{-T} v`` for the packed argument tensors at ``chosen``."""
-    out, pullback = _func.vjp(
-        lambda *values: fn(solution, *layout.replaced(tensors, chosen, values)),
-        *[tensors[i] for i in chosen],
-    )
-    check_same_layout(out, solution, label, "optimality_fn(solution, *args)", "the solution")
-    _check_finite(
-        cotangent,
-        f"{label}: the cotangent of the solution contains NaN or Inf; the outer loss or "
-        "its gradient is not finite.",
-    )
-    problem = LinearProblem(
-        _jacobian_t_matvec(fn),
-        solve,
-        f"{label} (the linear solve A^T u = v of the backward pass)",
-        linearize=_jacobian_t_linearize(fn),
-    )
-    u = solve_tree(problem, cotangent, (solution, *args))
-    return tuple(pullback(_tree.scale(-1.0, u)))
+def _split_tensors(args: Sequence[Any]) -> tuple[list[Any], Any, list[int]]:
+    """Leaves of ``args``, their spec, and the positions of tensor leaves (one per position,
+    even where one tensor object fills several)."""
+    leaves, spec = _tree.flatten(tuple(args))
+    return leaves, spec, [k for k, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
 
 
-def _jvp_core(
-    fn: Callable[..., Any],
-    solution: Any,
-    layout: ArgsLayout,
-    tensors: Sequence[torch.Tensor],
-    chosen: Sequence[int],
-    tangents: Sequence[Any],
-    solve: LinearSolverBase,
-    label: str,
+def _with_values(
+    leaves: list[Any], spec: Any, positions: Sequence[int], values: Sequence[Any]
 ) -> Any:
-    """``A^{-1} (-B t)`` for tangents of the packed argument tensors at ``chosen``."""
-    args = layout.rebuild(tensors)
-    out, b_t = _func.jvp(
-        lambda *values: fn(solution, *layout.replaced(tensors, chosen, values)),
-        tuple(tensors[i] for i in chosen),
-        tuple(tangents),
-    )
-    check_same_layout(out, solution, label, "optimality_fn(solution, *args)", "the solution")
-    problem = LinearProblem(
-        _jacobian_matvec(fn),
-        solve,
-        f"{label} (the linear solve A s = -B t of forward mode)",
-        linearize=_jacobian_linearize(fn),
-    )
-    return solve_tree(problem, _tree.scale(-1.0, b_t), (solution, *args))
+    local = list(leaves)
+    for k, value in zip(positions, values, strict=True):
+        local[k] = value
+    return tuple(_tree.unflatten(spec, local))
 
 
 def root_vjp(
@@ -138,12 +129,13 @@ def root_vjp(
     args: Sequence[Any],
     cotangent: TreeT,
     *,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> tuple[Any, ...]:
     """Reverse-mode derivative of a root: ``v^T dtheta*/dargs`` for each argument.
 
     With ``A = dT/dtheta`` and ``B = dT/dargs`` at ``T(solution, *args) = 0``, solves
-    ``A^T u = v`` and returns ``-B^T u``, split per argument.
+    ``A^T u = v`` and returns ``-B^T u``, split per argument: each position gets its own
+    gradient, also where one tensor object is passed in several positions.
 
     Args:
         optimality_fn: ``T(theta, *args)``, a pytree shaped like ``theta``.
@@ -163,26 +155,26 @@ def root_vjp(
         >>> fi.root_vjp(T, a / 2, (a,), torch.ones(2, dtype=torch.float64))
         (tensor([0.5000, 0.5000], dtype=torch.float64),)
     """
-    from ._gmres import GMRES
 
     label = "root_vjp(optimality_fn, solution, args, cotangent)"
-    pool = TensorPool()
-    layout = pool.add_args(tuple(args))
-    chosen = layout.tensor_indices()
-    grads = _vjp_core(
-        optimality_fn,
-        solution,
-        tuple(args),
-        layout,
-        pool.tensors,
-        chosen,
-        cotangent,
-        GMRES() if solve is None else solve,
-        label,
+    solver = as_linear_solver(solve, label)
+    leaves, spec, positions = _split_tensors(args)
+    out, pullback = _func.vjp(
+        lambda *values: optimality_fn(solution, *_with_values(leaves, spec, positions, values)),
+        *[leaves[k] for k in positions],
     )
-    by_index = dict(zip(chosen, grads, strict=True))
-    leaves = [by_index[v] if is_tensor else None for is_tensor, v in layout.slots]
-    return tuple(_tree.unflatten(layout.spec, leaves))
+    check_same_layout(out, solution, label, "optimality_fn(solution, *args)", "the solution")
+    _check_finite(
+        cotangent,
+        f"{label}: the cotangent of the solution contains NaN or Inf; the outer loss or "
+        "its gradient is not finite.",
+    )
+    u = solve_tree(_transposed_solve(optimality_fn, solver, label), cotangent, (solution, *args))
+    grads = pullback(_tree.scale(-1.0, u))
+    result: list[Any] = [None] * len(leaves)
+    for k, g in zip(positions, grads, strict=True):
+        result[k] = g
+    return tuple(_tree.unflatten(spec, result))
 
 
 def root_jvp(
@@ -191,12 +183,13 @@ def root_jvp(
     args: Sequence[Any],
     tangents: Sequence[Any],
     *,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> TreeT:
     """Forward-mode derivative of a root: ``dtheta*/dargs . tangents``.
 
     Solves ``A s = -B t`` with ``A = dT/dtheta`` and ``B t`` the JVP of ``T`` in its
-    arguments along ``tangents``.
+    arguments along ``tangents``; each position's tangent counts, also where one tensor
+    object is passed in several positions.
 
     Args:
         optimality_fn: ``T(theta, *args)``, a pytree shaped like ``theta``.
@@ -216,51 +209,135 @@ def root_jvp(
         >>> fi.root_jvp(T, a / 2, (a,), (torch.ones(2, dtype=torch.float64),))
         tensor([0.5000, 0.5000], dtype=torch.float64)
     """
-    from ._gmres import GMRES
 
     label = "root_jvp(optimality_fn, solution, args, tangents)"
     if len(tangents) != len(args):
         raise ValueError(
             f"{label}: expected one tangent per argument ({len(args)}); received {len(tangents)}."
         )
-    pool = TensorPool()
-    layout = pool.add_args(tuple(args))
+    solver = as_linear_solver(solve, label)
+    leaves, spec, positions = _split_tensors(args)
     tangent_leaves = _tree.flatten(tuple(tangents))[0]
-    tensor_tangents = [
-        t for (is_tensor, _), t in zip(layout.slots, tangent_leaves, strict=True) if is_tensor
-    ]
-    positions = [v for is_tensor, v in layout.slots if is_tensor]
-    chosen, values = [], []
-    for i, t in zip(positions, tensor_tangents, strict=True):
-        if i not in chosen:
-            chosen.append(i)
-            values.append(t)
-    return _jvp_core(  # type: ignore[no-any-return]
-        optimality_fn,
-        solution,
-        layout,
-        pool.tensors,
-        chosen,
-        values,
-        GMRES() if solve is None else solve,
-        label,
+    if len(tangent_leaves) == len(leaves):  # one tangent per leaf: those of tensors count
+        tensor_tangents = [tangent_leaves[k] for k in positions]
+    elif len(tangent_leaves) == len(positions):  # tangents for the tensor leaves only
+        tensor_tangents = list(tangent_leaves)
+    else:
+        raise ValueError(
+            f"{label}: expected tangents shaped like args ({len(leaves)} leaves, "
+            f"{len(positions)} of them tensors); received {len(tangent_leaves)} leaves."
+        )
+    out, b_t = _func.jvp(
+        lambda *values: optimality_fn(solution, *_with_values(leaves, spec, positions, values)),
+        tuple(leaves[k] for k in positions),
+        tuple(tensor_tangents),
     )
+    check_same_layout(out, solution, label, "optimality_fn(solution, *args)", "the solution")
+    return solve_tree(  # type: ignore[no-any-return]
+        _forward_solve(optimality_fn, solver, label), _tree.scale(-1.0, b_t), (solution, *args)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a callback touches, and when a second derivative can flow.
+
+
+def _levels() -> list[tuple[str, int]] | None:
+    """The active ``torch.func`` transforms as ``(kind, level)``, outermost first; ``None``
+    where the private API cannot be read (see ``_checks.active_transforms``)."""
+    try:
+        from torch._functorch import pyfunctorch
+
+        return [
+            (str(i.key()).rsplit(".", 1)[-1], int(i.level()))
+            for i in pyfunctorch.retrieve_all_functorch_interpreters()
+        ]
+    except Exception:  # the private API moved: unknown
+        return None
+
+
+def _differentiating(levels: list[tuple[str, int]]) -> list[int]:
+    return [level for kind, level in levels if kind in ("Grad", "Jvp")]
+
+
+def _captured(outputs: Sequence[torch.Tensor], explicit: Sequence[torch.Tensor]) -> list[str]:
+    """Tensors the graph of ``outputs`` reaches that are not the ``explicit`` ones.
+
+    Walks the autograd graph recorded by ``T`` (classic, or a ``torch.func`` grad level's),
+    stopping at the explicit tensors. Each ``AccumulateGrad`` node reached otherwise is a
+    captured leaf that carries derivatives (a module parameter, a closure, a global).
+    """
+    stops = {id(t.grad_fn) for t in explicit if t.grad_fn is not None}
+    known = {id(t) for t in explicit}
+    found: list[str] = []
+    seen: set[int] = set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen or id(node) in stops:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            if id(variable) not in known:
+                found.append(f"a tensor of shape {tuple(variable.shape)}")
+            continue
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return found
+
+
+def _carries_derivatives(tensors: Sequence[torch.Tensor]) -> bool:
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
+    return any(t.requires_grad or is_transformed(t) for t in tensors)
 
 
 @dataclass(frozen=True, eq=False)
 class RootProblem:
-    """What the implicit rule needs besides tensors; travels through ``Function.apply``."""
+    """What the implicit rule needs besides tensors; travels through ``Function.apply``.
+
+    Packed tensors: ``z`` (``T`` at the detached solution), the detached solution, then the
+    tensors of the arguments.
+    """
 
     optimality_fn: Callable[..., Any]
     solve: LinearSolverBase
     label: str
+    z: TreeLayout
     solution: TreeLayout
     args: ArgsLayout
-    differentiable: frozenset[int]  # packed indices of argument tensors that get derivatives
+    differentiable: frozenset[int]  # packed indices of explicit tensors that get derivatives
+    captured: tuple[str, ...]  # what T reaches besides them (refused for second order)
+    level: int | None  # the innermost differentiating torch.func level at attach time
+
+    def second_order(self, tensors: Sequence[torch.Tensor]) -> bool:
+        """Whether what the rule computes now may itself be differentiated."""
+        levels = _levels()
+        if levels is None:
+            return True
+        others = [lv for lv in _differentiating(levels) if lv != self.level]
+        if others:
+            return True
+        if self.level is not None:
+            return False
+        return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+    def refuse_captured(self) -> None:
+        if not self.captured:
+            return
+        raise NotImplementedError(
+            f"{self.label}: a second derivative through a tensor the optimality function "
+            f"captures ({', '.join(self.captured[:3])}"
+            + (", ..." if len(self.captured) > 3 else "")
+            + ") is not supported: the implicit rule differentiates captured tensors to "
+            "first order only. Pass the tensors as explicit arguments of the solver and the "
+            "optimality function (for an nn.Module, its parameters through "
+            "torch.func.functional_call), which makes second derivatives exact."
+        )
 
 
 class _ImplicitRootFunction(torch.autograd.Function):
-    """Identity on the solution in the forward pass; the implicit rule in derivatives."""
+    """``theta*`` from ``(z, theta*, args)``; derivatives ``-A^{-1} dz`` / ``-A^{-T} v``."""
 
     generate_vmap_rule = True
 
@@ -271,83 +348,166 @@ class _ImplicitRootFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-        # The rule is evaluated at the *output* solution, which carries its own derivative:
-        # using the detached input instead would make second derivatives silently wrong.
-        save_inputs_and_outputs(ctx, inputs, output)
+        # z is not needed again; the rule is evaluated at the *output* solution, which carries
+        # its own derivative (the detached input alone would lose second derivatives).
+        problem, *tensors = inputs
+        ctx.problem = problem
+        kept = tensors[len(problem.z.index) :]
+        ctx.save_for_backward(*kept, *output)
+        ctx.save_for_forward(*kept, *output)
 
     @staticmethod
     @never_compiled
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         problem: RootProblem = ctx.problem
-        tensors, solution_leaves = _at_solution(ctx)
-        chosen = [
-            i
-            for i in problem.args.tensor_indices()
-            if i in problem.differentiable and ctx.needs_input_grad[1 + i]
-        ]
-        out: list[torch.Tensor | None] = [None] * ctx.count
-        if not chosen:
-            return (None, *out)
+        tensors, outputs = _unpack(ctx)
+        nz = len(problem.z.index)
+        result: list[torch.Tensor | None] = [None] * (nz + len(tensors) - nz)
+        if all(g is None for g in grads):
+            return (None, *result)
         v = _tree.unflatten(
             problem.solution.spec,
-            [
-                torch.zeros_like(s) if g is None else g
-                for g, s in zip(grads, solution_leaves, strict=True)
-            ],
+            [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs, strict=True)],
         )
-        solution = _tree.unflatten(problem.solution.spec, list(solution_leaves))
-        grads_chosen = _vjp_core(
-            problem.optimality_fn,
-            solution,
-            problem.args.rebuild(tensors),
-            problem.args,
-            tensors,
-            chosen,
+        _check_finite(
             v,
-            problem.solve,
-            problem.label,
+            f"{problem.label}: the cotangent of the solution contains NaN or Inf; the outer "
+            "loss or its gradient is not finite.",
         )
-        for i, g in zip(chosen, grads_chosen, strict=True):
-            out[i] = g
-        return (None, *out)
+        solution = _tree.unflatten(problem.solution.spec, list(outputs))
+        args = problem.args.rebuild(tensors)
+        second = problem.second_order([*outputs, *_tree.flatten(v)[0]])
+        if second:
+            problem.refuse_captured()
+        # With captured tensors, a first-order solve runs directly, not through linear_solve's
+        # Function: that forward runs below the current torch.func level, where a tensor T
+        # captured from that level cannot be read (a torch INTERNAL ASSERT under vmap(grad)).
+        u = solve_tree(
+            _transposed_solve(problem.optimality_fn, problem.solve, problem.label),
+            v,
+            (solution, *args),
+            differentiable=second or not problem.captured,
+        )
+        minus_u = _tree.scale(-1.0, u)
+        for k, g in enumerate(_tree.flatten(minus_u)[0]):
+            result[k] = g
+        chosen = [i for i in sorted(problem.differentiable) if ctx.needs_input_grad[1 + i]]
+        if second and chosen:
+            # B(theta_out)^T (-u) - B(theta*)^T (-u): zero, but differentiable along theta_out.
+            detached = problem.solution.rebuild(tensors)
+
+            def gap(*values: torch.Tensor) -> Any:
+                moved = problem.args.replaced(tensors, chosen, values)
+                return _tree.sub(
+                    problem.optimality_fn(solution, *moved),
+                    problem.optimality_fn(detached, *moved),
+                )
+
+            _, pullback = _func.vjp(gap, *[tensors[i] for i in chosen])
+            for i, g in zip(chosen, pullback(minus_u), strict=True):
+                result[i] = g
+        return (None, *result)
 
     @staticmethod
     @never_compiled
     def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         problem: RootProblem = ctx.problem
         refuse_forward_over_forward(problem.label)
-        tensors, solution_leaves = _at_solution(ctx)
-        dt = tangents[1:]
-        chosen = [
-            i
-            for i in problem.args.tensor_indices()
-            if i in problem.differentiable and dt[i] is not None
+        tensors, outputs = _unpack(ctx)
+        nz = len(problem.z.index)
+        dz = [
+            torch.zeros_like(o) if t is None else t
+            for t, o in zip(tangents[1 : 1 + nz], outputs, strict=True)
         ]
-        if not chosen:
-            return tuple(torch.zeros_like(s) for s in solution_leaves)
-        solution = _tree.unflatten(problem.solution.spec, list(solution_leaves))
-        s = _jvp_core(
-            problem.optimality_fn,
-            solution,
-            problem.args,
-            tensors,
-            chosen,
-            [dt[i] for i in chosen],
-            problem.solve,
-            problem.label,
+        rhs = _tree.scale(-1.0, _tree.unflatten(problem.solution.spec, dz))
+        solution = _tree.unflatten(problem.solution.spec, list(outputs))
+        args = problem.args.rebuild(tensors)
+        dt = tangents[1:]
+        moving = [i for i in sorted(problem.differentiable) if dt[i] is not None]
+        second = problem.second_order([*outputs, *dz])
+        if moving and second:
+            problem.refuse_captured()
+            detached = problem.solution.rebuild(tensors)
+
+            def gap(*values: torch.Tensor) -> Any:
+                moved = problem.args.replaced(tensors, moving, values)
+                return _tree.sub(
+                    problem.optimality_fn(solution, *moved),
+                    problem.optimality_fn(detached, *moved),
+                )
+
+            _, b_gap = _func.jvp(
+                gap, tuple(tensors[i] for i in moving), tuple(dt[i] for i in moving)
+            )
+            rhs = _tree.sub(rhs, b_gap)
+        elif second:
+            problem.refuse_captured()
+        s = solve_tree(
+            _forward_solve(problem.optimality_fn, problem.solve, problem.label),
+            rhs,
+            (solution, *args),
+            differentiable=second or not problem.captured,
         )
         return tuple(_tree.flatten(s)[0])
 
 
-def _at_solution(ctx: Any) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
-    """The packed tensors with the solution slots replaced by the differentiable outputs."""
+def _unpack(ctx: Any) -> tuple[list[Any], tuple[torch.Tensor, ...]]:
+    """The packed tensors (``z`` slots empty) and the differentiable output solution."""
     problem: RootProblem = ctx.problem
     saved = ctx.saved_tensors
-    tensors = list(saved[: ctx.count])
-    outputs = saved[ctx.count :]
-    for i, out in zip(problem.solution.index, outputs, strict=True):
-        tensors[i] = out
-    return tensors, outputs
+    nz = len(problem.z.index)
+    count = len(saved) - len(problem.solution.index)
+    tensors: list[Any] = [None] * nz + list(saved[:count])
+    return tensors, tuple(saved[count:])
+
+
+def _root_check(z: Any, solution: Any, label: str, on_failure: str) -> None:
+    """Report a returned point that is not a root: ``||T(x*)||_inf`` above the tolerance.
+
+    Eager only (one host read); the tolerance ``eps**(1/3) * max(1, ||x*||_inf)`` (about
+    6e-6 in float64, 5e-3 in float32) passes any solve run to its usual tolerances and catches
+    a solver that stopped far from a root or returned the wrong point.
+    """
+    if on_failure == "ignore" or torch.compiler.is_compiling():
+        return
+    z_leaves = [physical(t) for t in _tree.flatten(z)[0]]
+    x_leaves = [physical(t) for t in _tree.flatten(solution)[0]]
+    if any(t is None for t in (*z_leaves, *x_leaves)):
+        return
+    plain_z = [t for t in z_leaves if t is not None and t.numel()]
+    if not plain_z:
+        return
+    plain_x = [t for t in x_leaves if t is not None and t.numel()]
+    stats = torch.stack(
+        [
+            torch.stack([t.detach().abs().max() for t in plain_z]).max(),
+            torch.stack([t.detach().abs().max() for t in plain_x]).max()
+            if plain_x
+            else torch.zeros((), dtype=plain_z[0].dtype, device=plain_z[0].device),
+        ]
+    ).double()
+    residual, scale = stats.tolist()
+    tolerance = torch.finfo(plain_z[0].dtype).eps ** (1 / 3) * max(1.0, scale)
+    if residual <= tolerance:
+        return
+    if residual != residual or residual == float("inf"):
+        message = (
+            f"{label}: the optimality function is not finite at the returned solution "
+            f"(max |T(x*, args)| = {residual:.3g}), so it has no implicit derivative."
+        )
+        raise ValueError(message)
+    message = (
+        f"{label}: the returned solution is not a root of the optimality function: "
+        f"max |T(x*, args)| = {residual:.3g} > {tolerance:.3g} (eps**(1/3) * max(1, "
+        "max |x*|)). Its implicit derivative is evaluated there anyway and may be wrong: run "
+        "the solver to convergence (more iterations, a smaller tolerance), or check that the "
+        "optimality function matches the problem the solver solves."
+    )
+    if on_failure == "raise":
+        raise ConvergenceError(message)
+    import warnings
+
+    warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
 
 def attach(
@@ -357,26 +517,92 @@ def attach(
     differentiable: Sequence[int],
     solve: LinearSolverBase,
     label: str,
+    *,
+    check_root: bool = True,
 ) -> Any:
     """Return ``solution`` carrying implicit derivatives with respect to ``args[k]`` for ``k``
-    in ``differentiable`` (positions in ``args``); other arguments are constants."""
-    pool = TensorPool()
-    solution_layout = pool.add_tree(_tree.map_leaves(torch.Tensor.detach, solution))
-    constants = set(range(len(args))) - set(differentiable)
+    in ``differentiable`` (positions in ``args``; other arguments are constants) and to every
+    tensor ``optimality_fn`` reaches by itself (module parameters, closures, globals).
+
+    With ``check_root``, a solution that is not a root is reported in eager mode (a
+    ``ConvergenceWarning``, or ``ConvergenceError`` where the solver's ``on_failure`` says
+    ``"raise"``).
+    """
+    x = _tree.map_leaves(torch.Tensor.detach, solution)
+    chosen = set(differentiable)
     args = tuple(
-        _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, a)
-        if k in constants
-        else a
+        a
+        if k in chosen
+        else _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, a)
         for k, a in enumerate(args)
     )
+    if not derivatives_possible():
+        if check_root:
+            with torch.no_grad():
+                z = optimality_fn(x, *args)
+            check_same_layout(z, x, label, "optimality_fn(solution, *args)", "the solution")
+            _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
+        return x
+    if torch.compiler.is_compiling():
+        z = optimality_fn(x, *args)
+    else:
+        with without_saved_tensor_hooks():
+            z = optimality_fn(x, *args)
+    check_same_layout(z, x, label, "optimality_fn(solution, *args)", "the solution")
+    if check_root:
+        _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
+    if not torch.compiler.is_compiling() and not _carries_derivatives(_tree.flatten(z)[0]):
+        return x
+    return _apply_rule(optimality_fn, solve, label, z, x, args, chosen)
+
+
+def _apply_rule(
+    optimality_fn: Callable[..., Any],
+    solve: LinearSolverBase,
+    label: str,
+    z: Any,
+    x: Any,
+    args: tuple[Any, ...],
+    chosen: set[int],
+) -> Any:
+    """Pack ``z``, the solution and the arguments into the rule's Function."""
+    z_leaves, z_spec = _tree.flatten(z)
+    # Each z leaf gets a slot of its own (a leaf T returned twice, or returned unchanged,
+    # would otherwise share one with the solution or an argument).
+    taken = {id(t) for t in (*_tree.flatten(x)[0], *_tree.flatten(args)[0])}
+    distinct: list[torch.Tensor] = []
+    for leaf in z_leaves:
+        distinct.append(leaf.view_as(leaf) if id(leaf) in taken else leaf)
+        taken.add(id(leaf))
+    pool = TensorPool()
+    z_layout = pool.add_tree(_tree.unflatten(z_spec, distinct))
+    solution_layout = pool.add_tree(x)
     args_layout = pool.add_args(args)
+    explicit: list[torch.Tensor] = []
     marked: set[int] = set()
-    for k in differentiable:
+    for k in chosen:
         for leaf in _tree.flatten(args[k])[0]:
             if isinstance(leaf, torch.Tensor):
                 marked.add(pool.add(leaf))
+                explicit.append(leaf)
+    if torch.compiler.is_compiling():
+        # Neither the transform stack nor z's graph can be read while dynamo traces.
+        levels: list[tuple[str, int]] = []
+        captured = ["whatever it reaches (not inspectable under torch.compile)"]
+    else:
+        levels = _levels() or []
+        captured = _captured(z_leaves, explicit)
+    differentiating = _differentiating(levels)
     problem = RootProblem(
-        optimality_fn, solve, label, solution_layout, args_layout, frozenset(marked)
+        optimality_fn,
+        solve,
+        label,
+        z_layout,
+        solution_layout,
+        args_layout,
+        frozenset(marked),
+        tuple(captured),
+        differentiating[-1] if differentiating else None,
     )
     out = _ImplicitRootFunction.apply(problem, *pool.tensors)  # type: ignore[no-untyped-call]
     return _tree.unflatten(solution_layout.spec, list(out))

@@ -12,7 +12,14 @@ from . import _func, _tree
 from ._checks import check_same_layout, floating_leaves
 from ._convergence import LinearSolveResult
 from ._loop import iterate, safe_div
-from ._solver_base import IterativeSolver, Operator, default_rtol, finish, rounding_slack
+from ._solver_base import (
+    IterativeSolver,
+    Operator,
+    default_rtol,
+    finish,
+    non_finite_visible,
+    rounding_slack,
+)
 from ._tree import TreeT
 
 __all__ = ["CG", "BiCGStab", "Neumann", "NormalCG"]
@@ -150,7 +157,7 @@ class NormalCG(IterativeSolver):
         tolerance = torch.clamp(rtol * _tree.norm(rhs), min=self.atol)
         inner = CG(maxiter=self.maxiter, preconditioner=self.preconditioner)
         start = None if init is None else _tree.map_leaves(torch.clone, init)
-        return inner._solve(normal, rhs, start, tolerance)
+        return non_finite_visible(inner._solve(normal, rhs, start, tolerance), _tree.norm(b))
 
 
 @dataclass(frozen=True, kw_only=True)

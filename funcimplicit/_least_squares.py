@@ -20,7 +20,8 @@ from ._inner import InnerMethod, InnerProblem, Solution, classify
 from ._krylov import CG
 from ._lbfgs import armijo
 from ._loop import iterate, safe_div
-from ._solver_base import LinearSolverBase
+from ._protocols import LinearSolver
+from ._solver_base import as_linear_solver
 from ._tree import TreeT
 
 __all__ = ["CheckedResidual", "GaussNewton", "LevenbergMarquardt", "SumOfSquares"]
@@ -81,7 +82,9 @@ def _residual_of(problem: InnerProblem, owner: str) -> Callable[[Any], Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class _NormalStepMethod(InnerMethod):
-    solve: LinearSolverBase = field(default_factory=lambda: CG(on_failure="ignore"))
+    # Typed as the protocol (what reading ``.solve`` gives); a plain callable
+    # ``solve(matvec, b) -> x`` is accepted too and wrapped at construction.
+    solve: LinearSolver = field(default_factory=lambda: CG(on_failure="ignore"))
     maxiter: int = 100
 
     form: ClassVar[str] = "root"
@@ -89,11 +92,8 @@ class _NormalStepMethod(InnerMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.solve, LinearSolverBase):
-            raise TypeError(
-                f"{type(self).__name__}: solve must be a linear solver such as fi.CG(); "
-                f"received {type(self.solve).__name__}."
-            )
+        owner = type(self).__name__
+        object.__setattr__(self, "solve", as_linear_solver(self.solve, f"{owner}(solve=...)"))
 
     @property
     def failure_hint(self) -> str:
@@ -135,6 +135,7 @@ class GaussNewton(_NormalStepMethod):
 
     def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
         residual = _residual_of(problem, "GaussNewton")
+        solver = as_linear_solver(self.solve, "GaussNewton")
 
         def merit(x: Any) -> torch.Tensor:
             r = residual(x)
@@ -148,7 +149,7 @@ class GaussNewton(_NormalStepMethod):
         def step(state: Any) -> tuple[Any, torch.Tensor]:
             x, f, g, _, finished = state
             j, jt = at[0]
-            s = self.solve.run(lambda v: jt(j(v)), _tree.scale(-1.0, g)).solution
+            s = solver.run(lambda v: jt(j(v)), _tree.scale(-1.0, g)).solution
             if self.backtracking:
                 slope = _tree.vdot(g, s)
                 x, f, _ = armijo(merit, x, s, f, slope, self.max_backtracks, finished)
@@ -213,6 +214,7 @@ class LevenbergMarquardt(_NormalStepMethod):
 
     def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
         residual = _residual_of(problem, "LevenbergMarquardt")
+        solver = as_linear_solver(self.solve, "LevenbergMarquardt")
         r0, j0, jt0 = _linearized(residual, init)
         at = [(j0, jt0)]
         g0 = jt0(r0)
@@ -228,7 +230,7 @@ class LevenbergMarquardt(_NormalStepMethod):
             def damped(v: Any) -> Any:
                 return _tree.axpy(mu, v, jt(j(v)))
 
-            s = self.solve.run(damped, _tree.scale(-1.0, g)).solution
+            s = solver.run(damped, _tree.scale(-1.0, g)).solution
             trial = _tree.add(x, s)
             r_trial = residual(trial)
             f_trial = 0.5 * _tree.vdot(r_trial, r_trial)

@@ -17,7 +17,6 @@ import torch
 
 from . import _func, _tree
 from ._checks import (
-    check_no_captured_tensors,
     check_same_layout,
     derivatives_possible,
     floating_leaves,
@@ -26,10 +25,10 @@ from ._checks import (
     refuse_whole_graph_trace,
 )
 from ._convergence import LinearSolveResult, report
-from ._gmres import GMRES
 from ._krylov import CG, NormalCG
 from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
-from ._solver_base import LinearSolverBase, default_rtol, rounding_slack
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver, default_rtol, rounding_slack
 from ._tree import TensorTree, TreeT
 
 __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
@@ -52,6 +51,7 @@ class LinearProblem:
     rhs: TreeLayout | None = None
     init: TreeLayout | None = None
     args: ArgsLayout | None = None
+    presolved: bool = False  # ``init`` is the solution, found by :func:`solve_tree`
 
     def apply_a(self, v: Any, args: tuple[Any, ...]) -> Any:
         """``A(args) v`` (or ``A(args)^T v`` when transposed), without the ridge."""
@@ -110,9 +110,13 @@ class _LinearSolveFunction(torch.autograd.Function):
         rhs = problem.rhs.rebuild(tensors)
         init = None if problem.init is None else problem.init.rebuild(tensors)
         args = problem.args.rebuild(tensors)
-        result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
-        report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
-        leaves, _ = _tree.flatten(result.solution)
+        if problem.presolved:
+            solution = init
+        else:
+            result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
+            report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
+            solution = result.solution
+        leaves, _ = _tree.flatten(solution)
         ids = {id(t) for t in tensors}
         # An output may not be one of the inputs (autograd.Function rule): copy it then.
         return tuple(leaf.clone() if id(leaf) in ids else leaf for leaf in leaves)
@@ -188,22 +192,44 @@ class _LinearSolveFunction(torch.autograd.Function):
         return tuple(_tree.flatten(dx)[0])
 
 
-def solve_tree(problem: LinearProblem, rhs: Any, args: tuple[Any, ...], init: Any = None) -> Any:
+def solve_tree(
+    problem: LinearProblem,
+    rhs: Any,
+    args: tuple[Any, ...],
+    init: Any = None,
+    *,
+    differentiable: bool = True,
+) -> Any:
     """Solve ``problem`` for ``rhs`` through the differentiable rule; return the solution tree.
 
     Where nothing can differentiate the result (a classic ``.backward()`` without
-    ``create_graph``), the solver runs directly, without the rule's packing.
+    ``create_graph``, or ``differentiable=False`` from a caller that knows), the solver runs
+    directly, without the rule's packing.
     """
-    if not derivatives_possible():
+    if not differentiable or not derivatives_possible():
         result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
         report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
         return result.solution
+    # Solve here, at the caller's torch.func levels, on detached values; the Function only
+    # attaches the rule. Inside Function.forward the outer levels are lowered, and a
+    # callback closing over a tensor of an outer vmap/grad (a preconditioner r / d_task
+    # under vmap(grad)) crashed torch there (INTERNAL ASSERT wrapper == nullptr).
+    with torch.no_grad():
+        constant = _tree.map_leaves(_detached, (rhs, args, init))
+        result = _run(problem.solver, problem.operator(constant[0], constant[1]), *constant[::2])
+    report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
     pool = TensorPool()
     rhs_layout = pool.add_tree(rhs)
-    init_layout = None if init is None else pool.add_tree(init)
-    problem = replace(problem, rhs=rhs_layout, init=init_layout, args=pool.add_args(args))
+    init_layout = pool.add_tree(_tree.map_leaves(torch.Tensor.detach, result.solution))
+    problem = replace(
+        problem, rhs=rhs_layout, init=init_layout, args=pool.add_args(args), presolved=True
+    )
     out = _LinearSolveFunction.apply(problem, *pool.tensors)  # type: ignore[no-untyped-call]
     return _tree.unflatten(rhs_layout.spec, list(out))
+
+
+def _detached(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
 
 
 def _normal_matvec(matvec: Callable[..., Any]) -> Callable[..., Any]:
@@ -219,7 +245,7 @@ def linear_solve(
     matvec: Callable[..., TreeT],
     b: TreeT,
     *args: Any,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     init: TreeT | None = None,
 ) -> TreeT:
     """Solve ``(A(args) + ridge I) x = b`` and differentiate ``x`` in ``b`` and ``args``.
@@ -227,8 +253,9 @@ def linear_solve(
     Derivatives use the implicit rule (a transposed solve in reverse mode, a solve with
     ``A`` in forward mode), never the solver's iterations, and compose with every
     ``torch.func`` transform (grad, vjp, jacrev, jvp, jacfwd, hessian, vmap) and with
-    classic autograd. Tensors ``matvec`` needs must be passed in ``args``: a ``matvec``
-    that closes over a tensor requiring grad is refused, since its derivative would be lost.
+    classic autograd. ``matvec`` may be any callable, an ``nn.Linear`` or a closure included:
+    every tensor it reads gets its first derivative (second derivatives are exact for ``b``
+    and ``args``, refused through captured tensors).
 
     Args:
         matvec: ``matvec(v, *args) -> A v``, linear in ``v``; ``v`` and the output are
@@ -255,25 +282,15 @@ def linear_solve(
         tensor([-0.5000, -0.1250], dtype=torch.float64)
     """
     call = "linear_solve(matvec, b, *args)"
-    solver = GMRES() if solve is None else solve
-    if not isinstance(solver, LinearSolverBase):
-        raise TypeError(
-            f"{call}: solve must be a linear solver such as fi.CG() or fi.GMRES(); "
-            f"received {type(solver).__name__}."
-        )
+    solver = as_linear_solver(solve, call)
     if not callable(matvec):
         raise TypeError(f"{call}: matvec must be callable; received {type(matvec).__name__}.")
-    check_no_captured_tensors(matvec, call, "matvec")
     floating_leaves(b, call, "b")
     square = init is None or _same_shapes(init, b)
     if isinstance(solver, NormalCG) and (solver.ridge or not square):
-        # Least squares or Tikhonov: the solution solves the normal equations, not A x = b.
+        # Least squares or Tikhonov: x solves the normal equations (A^T A + ridge I) x = A^T b.
         like = b if init is None else init
         floating_leaves(like, call, "init")
-        # Least squares via the normal equations: x = (A^T A + ridge I)^{-1} A^T b. A^T b
-        # is an ordinary differentiable VJP; the normal system goes through the rule.
-        _, pullback = _func.vjp(lambda z: matvec(z, *args), _tree.zeros_like(like))
-        rhs = pullback(b)[0]
         cg = CG(
             rtol=solver.rtol,
             atol=solver.atol,
@@ -282,10 +299,46 @@ def linear_solve(
             preconditioner=solver.preconditioner,
             on_failure=solver.on_failure,
         )
-        return _solve_checked(_normal_matvec(matvec), rhs, args, cg, init, call)  # type: ignore[no-any-return]
+        return _solve_attached(_NormalResidual(matvec, like), b, args, cg, init, call)  # type: ignore[no-any-return]
     if init is not None:
         check_same_layout(init, b, call, "init")
-    return _solve_checked(matvec, b, args, solver, init, call)  # type: ignore[no-any-return]
+    return _solve_attached(_Residual(matvec), b, args, solver, init, call)  # type: ignore[no-any-return]
+
+
+class _Residual:
+    """``T(x, b, *args) = A(args) x - b``: with the solver's ridge, ``(A + ridge I) x = b``
+    at the root. ``T`` is evaluated as ordinary code, so whatever ``matvec`` reads (module
+    parameters, closures) gets its derivative."""
+
+    def __init__(self, matvec: Callable[..., Any]) -> None:
+        self.matvec = matvec
+
+    def operator(self, args: tuple[Any, ...]) -> Callable[[Any], Any]:
+        return lambda v: self.matvec(v, *args)
+
+    def rhs(self, b: Any, args: tuple[Any, ...]) -> Any:
+        return b
+
+    def __call__(self, x: Any, b: Any, *args: Any) -> Any:
+        return _tree.sub(self.matvec(x, *args), b)
+
+
+class _NormalResidual(_Residual):
+    """``T(x, b, *args) = A^T A x - A^T b``, the normal equations (``A^T`` by a VJP)."""
+
+    def __init__(self, matvec: Callable[..., Any], like: Any) -> None:
+        super().__init__(_normal_matvec(matvec))
+        self.plain = matvec
+        self.like = like
+
+    def rhs(self, b: Any, args: tuple[Any, ...], like: Any = None) -> Any:
+        # A^T b, the VJP of the linear map z -> A z (at 0, shaped like the solution).
+        point = _tree.zeros_like(self.like if like is None else like)
+        _, pullback = _func.vjp(lambda z: self.plain(z, *args), point)
+        return pullback(b)[0]
+
+    def __call__(self, x: Any, b: Any, *args: Any) -> Any:
+        return _tree.sub(self.matvec(x, *args), self.rhs(b, args, like=x))
 
 
 def _same_shapes(a: Any, b: Any) -> bool:
@@ -297,14 +350,27 @@ def _same_shapes(a: Any, b: Any) -> bool:
     )
 
 
-def _solve_checked(
-    matvec: Callable[..., Any],
+def _solve_attached(
+    residual: _Residual,
     b: TensorTree,
     args: tuple[Any, ...],
     solver: LinearSolverBase,
     init: TensorTree | None,
     label: str,
 ) -> Any:
-    problem = LinearProblem(matvec, solver, label)
+    """Solve without derivatives, then attach them by the implicit rule of ``T = A x - b``."""
+    from ._implicit import attach
+
+    plain_b = _tree.map_leaves(torch.Tensor.detach, b)
+    plain_args = tuple(
+        _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, a)
+        for a in args
+    )
     init_detached = None if init is None else _tree.map_leaves(torch.Tensor.detach, init)
-    return solve_tree(problem, b, args, init_detached)
+    with torch.no_grad():
+        rhs = residual.rhs(plain_b, plain_args)
+        result = _run(solver, residual.operator(plain_args), rhs, init_detached)
+    report(result, solver.on_failure, label, solver.failure_hint)
+    return attach(
+        residual, result.solution, (b, *args), range(len(args) + 1), solver, label, check_root=False
+    )

@@ -22,7 +22,8 @@ from ._gmres import GMRES
 from ._implicit import attach
 from ._krylov import CG
 from ._nn_state import Functional as Functional
-from ._solver_base import LinearSolverBase
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver
 
 __all__ = ["Functional", "ImplicitMetaGradientModule"]
 
@@ -165,15 +166,10 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
     linear_solver: LinearSolverBase | None = None
     _meta: state.MetaParameters  # set before __init__ runs, by the metaclass
 
-    def __init_subclass__(cls, *, solve: LinearSolverBase | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, solve: LinearSolveArg = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if solve is not None:
-            if not isinstance(solve, LinearSolverBase):
-                raise TypeError(
-                    f"class {cls.__name__}(..., solve=...): expected a linear solver such as "
-                    f"fi.CG() or fi.GMRES(); received {type(solve).__name__}."
-                )
-            cls.linear_solver = solve
+            cls.linear_solver = as_linear_solver(solve, f"class {cls.__name__}(..., solve=...)")
         for name in _METHODS:
             state.check_method_kind(cls, name)
         if "solve" in cls.__dict__:
@@ -518,11 +514,8 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "linear_solver":
-            if value is not None and not isinstance(value, LinearSolverBase):
-                raise TypeError(
-                    f"{type(self).__name__}.linear_solver: expected a linear solver such as "
-                    f"fi.CG() or fi.GMRES(), or None; received {type(value).__name__}."
-                )
+            if value is not None:
+                value = as_linear_solver(value, f"{type(self).__name__}.linear_solver = ...")
             object.__setattr__(self, name, value)
             return
         meta: state.MetaParameters | None = self.__dict__.get("_meta")

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from . import _tree
-from ._checks import check_no_captured_tensors, check_same_layout
+from ._checks import check_same_layout
 from ._inner import InnerMethod, InnerProblem, Solution, classify
 from ._loop import iterate
 from ._tree import TreeT
@@ -116,7 +116,6 @@ class ProjectedGradient(InnerMethod):
 
     def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
         call = "minimize(objective, init, *args) with ProjectedGradient"
-        check_no_captured_tensors(self.projection, call, "projection")
         eta = float(self.step_size)
         checked = [False]
 

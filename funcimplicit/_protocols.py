@@ -1,16 +1,16 @@
 """Structural types of the two kinds of solvers, for users who write their own.
 
 A type checker accepts any object with these members where the protocol is expected; the
-library's own solvers (``fi.CG()``, ``fi.Anderson()``, ...) all satisfy them. At run time the
-library still requires its base classes (``solve=`` a subclass of the linear solver base,
-``method=`` a subclass of :class:`~funcimplicit.InnerMethod`): these protocols state the
-interface, they do not yet widen what the entry points accept.
+library's own solvers (``fi.CG()``, ``fi.Anderson()``, ...) all satisfy them. Every ``solve=``
+accepts a :class:`LinearSolver` or a plain callable ``solve(matvec, b) -> x`` (see
+:data:`LinearSolveArg`); the run-time adapter judges such a solver by its true residual.
+``method=`` still requires a subclass of :class:`~funcimplicit.InnerMethod`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import torch
 
@@ -18,7 +18,7 @@ from ._convergence import LinearSolveResult, OnFailure
 from ._inner import InnerProblem, Solution
 from ._tree import TreeT
 
-__all__ = ["InnerSolver", "LinearSolver"]
+__all__ = ["InnerSolver", "LinearSolveArg", "LinearSolver"]
 
 
 class LinearSolver(Protocol):
@@ -71,3 +71,8 @@ class InnerSolver(Protocol):
         ...
 
     def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]: ...
+
+
+#: What every ``solve=`` accepts: a library solver or another :class:`LinearSolver`, a plain
+#: callable ``solve(matvec, b) -> x`` (TorchOpt/JAXopt convention), or ``None`` (the default).
+LinearSolveArg: TypeAlias = LinearSolver | Callable[[Any, Any], Any] | None

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import torch
 
 from . import _tree
-from ._checks import check_no_captured_tensors, check_same_layout, floating_leaves
-from ._gmres import GMRES
+from ._checks import check_same_layout, floating_leaves
 from ._implicit import attach
-from ._solver_base import LinearSolverBase
+from ._protocols import LinearSolveArg
+from ._solver_base import LinearSolverBase, as_linear_solver
 from ._tree import TensorTree, TreeT
 
 __all__ = ["fixed_point", "implicit_root"]
@@ -52,20 +53,14 @@ def _normalize_argnums(
 
 
 def _check_solver(solve: Any, call: str) -> LinearSolverBase:
-    solver = GMRES() if solve is None else solve
-    if not isinstance(solver, LinearSolverBase):
-        raise TypeError(
-            f"{call}: solve must be a linear solver such as fi.CG() or fi.GMRES(); "
-            f"received {type(solve).__name__}."
-        )
-    return solver
+    return as_linear_solver(solve, call)
 
 
 def _decorate(
     optimality_fn: Callable[..., Any],
     argnums: int | Sequence[int] | None,
     has_aux: bool,
-    solve: LinearSolverBase | None,
+    solve: LinearSolveArg,
     name: str,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     call = f"{name}(...)"
@@ -87,13 +82,9 @@ def _decorate(
                     f"{label}: argnums={argnums!r} is out of range: the solver received "
                     f"{len(args)} positional arguments (0 = init, 1..{len(rest)} = the rest)."
                 )
-            check_no_captured_tensors(optimality_fn, label, "optimality_fn")
             # The solver's own iterations are never differentiated: it sees detached inputs.
-            detached = tuple(
-                _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, a)
-                for a in args
-            )
-            result: Any = inner_solver(*detached, **kwargs)
+            detached = tuple(_detach_tree(a) for a in args)
+            result: Any = inner_solver(*detached, **{k: _detach_tree(v) for k, v in kwargs.items()})
             if has_aux:
                 if not (isinstance(result, tuple) and len(result) == 2):
                     raise TypeError(
@@ -107,13 +98,78 @@ def _decorate(
             if _has_tensors(init):
                 check_same_layout(solution, init, label, "the solution", "init")
             _check_solution_finite(solution, label)
-            chosen = range(len(rest)) if positions is None else [k - 1 for k in positions]
-            out = attach(optimality_fn, solution, tuple(rest), list(chosen), solver, label)
+            chosen = list(range(len(rest))) if positions is None else [k - 1 for k in positions]
+            rule: Callable[..., Any] = optimality_fn
+            keywords = _keywords_for(optimality_fn, kwargs)
+            if keywords:
+                # T(theta, *rest, **keywords): the keywords travel as one explicit argument
+                # more; with argnums, only those whose signature position it names move.
+                if positions is not None:
+                    keywords = {
+                        k: v
+                        if _signature_position(inner_solver, k) in positions
+                        else _detach_tree(v)
+                        for k, v in keywords.items()
+                    }
+                rule = _KeywordsLast(optimality_fn)
+                rest = (*rest, keywords)
+                chosen.append(len(rest) - 1)
+            out = attach(rule, solution, tuple(rest), chosen, solver, label)
             return (out, aux) if has_aux else out  # type: ignore[return-value]
 
         return solve_with_implicit_derivatives
 
     return decorator
+
+
+def _detach_tree(tree: Any) -> Any:
+    return _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, tree)
+
+
+def _keywords_for(optimality_fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The solver's keyword arguments that ``T`` takes (by name, or through ``**kwargs``).
+
+    A keyword ``T`` does not accept cannot change ``T``'s value, so it is the solver's alone
+    (an option such as ``steps=60``); every other one reaches ``T``, as the call gave it.
+    """
+    if not kwargs:
+        return {}
+    target = getattr(optimality_fn, "fixed_point_fn", optimality_fn)
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: T gets them all
+        return dict(kwargs)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return dict(kwargs)
+    named = {
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return {k: v for k, v in kwargs.items() if k in named}
+
+
+def _signature_position(solver: Callable[..., Any], name: str) -> int | None:
+    """The position of parameter ``name`` in the solver's signature (``None`` if keyword-only)."""
+    try:
+        parameters = list(inspect.signature(solver).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    for k, p in enumerate(parameters):
+        if p.name == name:
+            return k if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else None
+    return None
+
+
+class _KeywordsLast:
+    """``T(theta, *args, keywords) = optimality_fn(theta, *args, **keywords)``."""
+
+    def __init__(self, optimality_fn: Callable[..., Any]) -> None:
+        self.optimality_fn = optimality_fn
+
+    def __call__(self, theta: Any, *args: Any) -> Any:
+        *positional, keywords = args
+        return self.optimality_fn(theta, *positional, **keywords)
 
 
 def _has_tensors(tree: Any) -> bool:
@@ -139,7 +195,7 @@ def implicit_root(
     optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: Literal[False] = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, TreeT]], Callable[P, TreeT]]: ...
 @overload
 def implicit_root(
@@ -147,27 +203,27 @@ def implicit_root(
     argnums: int | Sequence[int] | None = None,
     *,
     has_aux: Literal[True],
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
 @overload
 def implicit_root(
     optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None,
     has_aux: Literal[True],
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
 @overload
 def implicit_root(
     optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, Any]], Callable[P, Any]]: ...
 def implicit_root(
     optimality_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Give any solver of ``T(theta, *args) = 0`` implicit derivatives in its arguments.
 
@@ -180,8 +236,11 @@ def implicit_root(
 
     Args:
         optimality_fn: ``T(theta, *args)`` returning a pytree shaped like ``theta``, zero at
-            the solution (for a minimization, the gradient of the objective). Tensors it uses
-            must come in through ``args``, never by closure.
+            the solution (for a minimization, the gradient of the objective). It may be any
+            callable (a function, closure, bound method or ``nn.Module``): every tensor it
+            reads gets its first derivative; second derivatives are exact for ``args`` and
+            refused through captured tensors. Keyword arguments of the solver reach it when
+            it takes them by name.
         argnums: positions in the solver's signature that get derivatives (``0`` is
             ``init``, never differentiated); ``None`` means every argument after ``init``.
             Other arguments are constants.
@@ -212,7 +271,7 @@ def fixed_point(
     fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: Literal[False] = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, TreeT]], Callable[P, TreeT]]: ...
 @overload
 def fixed_point(
@@ -220,27 +279,27 @@ def fixed_point(
     argnums: int | Sequence[int] | None = None,
     *,
     has_aux: Literal[True],
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
 @overload
 def fixed_point(
     fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None,
     has_aux: Literal[True],
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, tuple[TreeT, AuxT]]], Callable[P, tuple[TreeT, AuxT]]]: ...
 @overload
 def fixed_point(
     fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, Any]], Callable[P, Any]]: ...
 def fixed_point(
     fixed_point_fn: Callable[..., TensorTree],
     argnums: int | Sequence[int] | None = None,
     has_aux: bool = False,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Give any solver of ``theta = F(theta, *args)`` implicit derivatives in its arguments.
 
@@ -266,7 +325,6 @@ def fixed_point(
         raise TypeError(
             f"fixed_point(...): expected a callable; received {type(fixed_point_fn).__name__}."
         )
-    check_no_captured_tensors(fixed_point_fn, "fixed_point(...)", "fixed_point_fn")
     return _decorate(_FixedPointResidual(fixed_point_fn), argnums, has_aux, solve, "fixed_point")
 
 
@@ -276,5 +334,5 @@ class _FixedPointResidual:
     def __init__(self, fixed_point_fn: Callable[..., Any]) -> None:
         self.fixed_point_fn = fixed_point_fn
 
-    def __call__(self, theta: Any, *args: Any) -> Any:
-        return _tree.sub(theta, self.fixed_point_fn(theta, *args))
+    def __call__(self, theta: Any, *args: Any, **kwargs: Any) -> Any:
+        return _tree.sub(theta, self.fixed_point_fn(theta, *args, **kwargs))

@@ -11,7 +11,8 @@ from . import _func, _tree
 from ._gmres import GMRES
 from ._inner import InnerMethod, InnerProblem, Solution, classify
 from ._loop import ALL_DONE, iterate, progress, safe_div
-from ._solver_base import LinearSolverBase
+from ._protocols import LinearSolver
+from ._solver_base import as_linear_solver
 from ._tree import TreeT
 
 __all__ = ["Broyden", "GradientDescent", "Newton"]
@@ -145,7 +146,9 @@ class Newton(InnerMethod):
         tensor([2., 3.], dtype=torch.float64)
     """
 
-    solve: LinearSolverBase = field(default_factory=lambda: GMRES(on_failure="ignore"))
+    # Typed as the protocol (what reading ``.solve`` gives); a plain callable
+    # ``solve(matvec, b) -> x`` is accepted too and wrapped at construction.
+    solve: LinearSolver = field(default_factory=lambda: GMRES(on_failure="ignore"))
     backtracking: bool = True
     max_backtracks: int = 20
     maxiter: int = 50
@@ -154,11 +157,7 @@ class Newton(InnerMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.solve, LinearSolverBase):
-            raise TypeError(
-                f"Newton: solve must be a linear solver such as fi.GMRES(); "
-                f"received {type(self.solve).__name__}."
-            )
+        object.__setattr__(self, "solve", as_linear_solver(self.solve, "Newton(solve=...)"))
         if not isinstance(self.max_backtracks, int) or self.max_backtracks < 1:
             raise ValueError(f"Newton: max_backtracks must be >= 1; got {self.max_backtracks!r}.")
 
@@ -184,7 +183,7 @@ class Newton(InnerMethod):
                 jacobian = lambda v: pullback(v)[0]  # noqa: E731
             else:
                 jacobian = _func.linearize(problem.root, x)
-            s = self.solve.run(jacobian, _tree.scale(-1.0, t)).solution
+            s = as_linear_solver(self.solve, "Newton").run(jacobian, _tree.scale(-1.0, t)).solution
             if self.backtracking:
                 # slope of the merit along s: grad(L) . s, or -||T||^2 for the exact step
                 slope = _tree.vdot(t, s) if minimizing else -_tree.vdot(t, t)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import _tree
-from ._checks import check_no_captured_tensors, check_same_layout, floating_leaves
+from ._checks import check_same_layout, floating_leaves
 from ._convergence import report
 from ._fixed_point_methods import Anderson
 from ._gmres import GMRES
@@ -23,9 +23,10 @@ from ._implicit import attach
 from ._inner import InnerMethod, InnerProblem, Solution
 from ._krylov import CG
 from ._least_squares import CheckedResidual, LevenbergMarquardt, SumOfSquares
+from ._protocols import LinearSolveArg
 from ._root import _FixedPointResidual
 from ._root_methods import Newton
-from ._solver_base import LinearSolverBase
+from ._solver_base import as_linear_solver
 from ._tree import TreeT
 
 __all__ = ["least_squares", "minimize", "solve_fixed_point", "solve_root"]
@@ -92,7 +93,7 @@ def _run(
     init: TreeT,
     args: tuple[Any, ...],
     method: InnerMethod,
-    solve: LinearSolverBase,
+    solve: LinearSolveArg,
     implicit: bool,
 ) -> Solution[TreeT]:
     """Run ``method`` on the problem ``fn`` defines (``kind``: fixed_point, root, minimize)."""
@@ -101,11 +102,7 @@ def _run(
             f"{call}: method must be an inner solver such as fi.Anderson() or fi.Newton(); "
             f"received {type(method).__name__}."
         )
-    if not isinstance(solve, LinearSolverBase):
-        raise TypeError(
-            f"{call}: solve must be a linear solver such as fi.GMRES(); "
-            f"received {type(solve).__name__}."
-        )
+    solve = as_linear_solver(solve, call)
     if kind not in method.problem_kinds:
         entries = ", ".join(_ENTRY_POINTS[k] for k in method.problem_kinds)
         raise TypeError(
@@ -168,11 +165,12 @@ def _run(
     )
     if not implicit:
         return result
-    value = attach(rule, result.value, args, range(len(args)), solve, call)
+    # The method judged convergence by its own tolerances and reported it above.
+    value = attach(rule, result.value, args, range(len(args)), solve, call, check_root=False)
     return replace(result, value=value)
 
 
-def _default_solve(method: Any, objective: Callable[..., Any]) -> LinearSolverBase:
+def _default_solve(method: Any, objective: Callable[..., Any]) -> LinearSolveArg:
     """CG for the Hessian of an unconstrained minimum; GMRES for a constrained method's
     condition, whose Jacobian is not symmetric."""
     if isinstance(method, InnerMethod) and method.optimality(objective) is not None:
@@ -185,7 +183,7 @@ def solve_fixed_point(
     init: TreeT,
     *args: Any,
     method: InnerMethod | None = None,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
     """Find ``x = F(x, *args)`` and differentiate it implicitly in ``args``.
@@ -217,7 +215,6 @@ def solve_fixed_point(
         >>> torch.allclose(theta.grad, 1 / (1 + torch.sin(sol.value.detach())))
         True
     """
-    check_no_captured_tensors(fixed_point_fn, "solve_fixed_point", "fixed_point_fn")
     return _run(
         "solve_fixed_point(fixed_point_fn, init, *args)",
         "fixed_point",
@@ -235,7 +232,7 @@ def solve_root(
     init: TreeT,
     *args: Any,
     method: InnerMethod | None = None,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
     """Find ``T(x, *args) = 0`` and differentiate ``x`` implicitly in ``args``.
@@ -263,7 +260,6 @@ def solve_root(
         >>> round(float(a.grad), 6)
         0.083333
     """
-    check_no_captured_tensors(root_fn, "solve_root", "root_fn")
     return _run(
         "solve_root(root_fn, init, *args)",
         "root",
@@ -281,7 +277,7 @@ def minimize(
     init: TreeT,
     *args: Any,
     method: InnerMethod | None = None,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
     """Minimize ``L(x, *args)`` over ``x`` and differentiate the minimizer in ``args``.
@@ -314,7 +310,6 @@ def minimize(
         >>> lam.grad
         tensor(-0.5000, dtype=torch.float64)
     """
-    check_no_captured_tensors(objective, "minimize", "objective")
     chosen = Newton(solve=CG(on_failure="ignore")) if method is None else method
     return _run(
         "minimize(objective, init, *args)",
@@ -333,7 +328,7 @@ def least_squares(
     init: TreeT,
     *args: Any,
     method: InnerMethod | None = None,
-    solve: LinearSolverBase | None = None,
+    solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
     """Minimize ``0.5 ||r(x, *args)||^2`` over ``x`` and differentiate the minimizer in ``args``.
@@ -372,7 +367,6 @@ def least_squares(
         >>> y.grad.shape
         torch.Size([5])
     """
-    check_no_captured_tensors(residual_fn, "least_squares", "residual_fn")
     chosen = LevenbergMarquardt() if method is None else method
     return _run(
         "least_squares(residual_fn, init, *args)",

@@ -44,6 +44,8 @@ PAGES_WITH_CODE = {
     "guides/constrained.md",
     "guides/compile.md",
     "migration/jaxopt.md",
+    "migration/torchopt.md",
+    "migration/torchdeq.md",
 }
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 

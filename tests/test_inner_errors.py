@@ -10,6 +10,7 @@ that captures a differentiable tensor each raise ``ValueError``/``TypeError``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any
 
@@ -451,32 +452,39 @@ def test_minimize_objective_must_be_scalar() -> None:
         fi.minimize(lambda w: w**2, torch.zeros(2, dtype=F64))
 
 
-def test_captured_requires_grad_tensor_is_refused() -> None:
+def _fixed_point_of_cos(theta: float) -> float:
+    x = 0.0
+    for _ in range(200):
+        x = math.cos(x) + theta
+    return x
+
+
+def test_captured_requires_grad_tensor_gets_its_gradient() -> None:
+    # Captured tensors used to be refused; the rule now differentiates what the callback reads.
+    # x = cos(x) + theta: dx/dtheta = 1 / (1 + sin x); x - theta = 0: 1; (w - theta)^2: 1.
     theta = torch.tensor(0.5, dtype=F64, requires_grad=True)
-
-    def F(x: torch.Tensor) -> torch.Tensor:
-        return torch.cos(x) + theta  # captured: its gradient would be silently wrong
-
-    with pytest.raises(ValueError, match=r"solve_fixed_point.*captures.*theta.*argument"):
-        fi.solve_fixed_point(F, torch.zeros((), dtype=F64))
-    with pytest.raises(ValueError, match=r"solve_root.*captures"):
-        fi.solve_root(lambda x: x - theta, torch.zeros((), dtype=F64))
-    with pytest.raises(ValueError, match=r"minimize.*captures"):
-        fi.minimize(lambda w: ((w - theta) ** 2).sum(), torch.zeros((), dtype=F64))
+    x = fi.solve_fixed_point(lambda x: torch.cos(x) + theta, torch.zeros((), dtype=F64)).value
+    (g,) = torch.autograd.grad(x, theta)
+    want = 1 / (1 + math.sin(_fixed_point_of_cos(0.5)))
+    torch.testing.assert_close(g, torch.tensor(want, dtype=F64), rtol=1e-9, atol=1e-12)
+    x = fi.solve_root(lambda x: x - theta, torch.zeros((), dtype=F64)).value
+    torch.testing.assert_close(torch.autograd.grad(x, theta)[0], torch.ones((), dtype=F64))
+    x = fi.minimize(lambda w: ((w - theta) ** 2).sum(), torch.zeros((), dtype=F64)).value
+    torch.testing.assert_close(torch.autograd.grad(x, theta)[0], torch.ones((), dtype=F64))
 
 
-def test_captured_tensor_under_a_transform_is_refused() -> None:
-    """Under ``grad``/``vmap`` a captured traced tensor is refused the same way."""
-
+def test_captured_tensor_under_a_transform_gets_its_gradient() -> None:
     def outer(theta: torch.Tensor) -> torch.Tensor:
         return fi.solve_fixed_point(
             lambda x: torch.cos(x) + theta, torch.zeros((), dtype=F64)
         ).value
 
-    with pytest.raises(ValueError, match="captures"):
-        torch.func.grad(outer)(torch.tensor(0.5, dtype=F64))
-    with pytest.raises(ValueError, match="captures"):
-        vmap(outer)(torch.tensor([0.5, 0.1], dtype=F64))
+    thetas = torch.tensor([0.5, 0.1], dtype=F64)
+    got = vmap(torch.func.grad(outer))(thetas)
+    want = torch.tensor(
+        [1 / (1 + math.sin(_fixed_point_of_cos(float(t)))) for t in thetas], dtype=F64
+    )
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_captured_constant_tensor_is_allowed() -> None:

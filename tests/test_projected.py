@@ -336,12 +336,8 @@ def test_bad_input_errors() -> None:
         r"has shape \(2,\); expected \(4,\)",
     ):
         fi.minimize(quadratic, torch.zeros(4, dtype=F64), Q, c, method=wrong)
-    captured = hi.clone().requires_grad_()
-    leaky = fi.ProjectedGradient(
-        projection=lambda x, *a: projections.box(x, lo, captured), step_size=0.1
-    )
-    with pytest.raises(ValueError, match=r"projection captures a tensor that requires grad"):
-        fi.minimize(quadratic, torch.zeros(4, dtype=F64), Q, c, method=leaky)
+    # (a projection that captures a tensor requiring grad is differentiated through it:
+    # see test_captured_bound_gets_the_gradient_of_an_explicit_one)
     with pytest.raises(fi.ConvergenceError, match=r"with ProjectedGradient: did not converge"):
         fi.minimize(
             quadratic,
@@ -354,3 +350,35 @@ def test_bad_input_errors() -> None:
                 projection=box_projection, step_size=1e-3, maxiter=3, on_failure="raise"
             ),
         )
+
+
+def test_captured_bound_gets_the_gradient_of_an_explicit_one() -> None:
+    """A projection closing over a bound that requires grad (as PyTorch code is written): the
+    rule differentiates what the projection touches, so the bound gets the gradient it gets
+    as an explicit argument, under .backward() and under torch.func.grad."""
+    Q, c, lo, hi = box_problem(1)
+    method = box_method(Q)
+    x0 = torch.zeros(4, dtype=F64)
+    explicit = grad(lambda h: fi.minimize(quadratic, x0, Q, c, lo, h, method=method).value.sum())(
+        hi
+    )
+    assert float(explicit.abs().max()) > 0.1  # some bound is active
+
+    captured = hi.clone().requires_grad_()
+    closure = fi.ProjectedGradient(
+        projection=lambda x, Q, c: projections.box(x, lo, captured),
+        step_size=method.step_size,
+        maxiter=5000,
+    )
+    torch.autograd.backward(fi.minimize(quadratic, x0, Q, c, method=closure).value.sum())
+    torch.testing.assert_close(captured.grad, explicit, rtol=1e-9, atol=1e-12)
+
+    def through_closure(h: torch.Tensor) -> torch.Tensor:
+        m = fi.ProjectedGradient(
+            projection=lambda x, Q, c: projections.box(x, lo, h),
+            step_size=method.step_size,
+            maxiter=5000,
+        )
+        return fi.minimize(quadratic, x0, Q, c, method=m).value.sum()
+
+    torch.testing.assert_close(grad(through_closure)(hi), explicit, rtol=1e-9, atol=1e-12)

@@ -1,6 +1,6 @@
-"""What does not satisfy ``fi.LinearSolver`` / ``fi.InnerSolver``, and where a protocol is
-not enough yet: the entry points take the library's base classes (as their run-time checks
-do), so a duck-typed solver is refused by the checker exactly where it would be at run time."""
+"""What does not satisfy ``fi.LinearSolver`` / ``fi.InnerSolver``, and what ``solve=`` refuses:
+a protocol object or a plain callable ``solve(matvec, b)`` is accepted (see pass/protocols.py),
+a string, a solver class or an inner solver is not."""
 
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -52,6 +52,8 @@ class Duck:
 only_call: fi.LinearSolver = OnlyCall()  # type: ignore[assignment]
 tensor_only: fi.LinearSolver = TensorOnly()  # type: ignore[assignment]
 duck: fi.LinearSolver = Duck()
-fi.linear_solve(lambda v: v, torch.ones(1), solve=duck)  # type: ignore[arg-type]
+fi.linear_solve(lambda v: v, torch.ones(1), solve=duck)
+fi.linear_solve(lambda v: v, torch.ones(1), solve=fi.CG)  # type: ignore[arg-type]
+fi.linear_solve(lambda v: v, torch.ones(1), solve=fi.Anderson())  # type: ignore[arg-type]
 method: fi.InnerSolver = fi.CG()  # type: ignore[assignment]
 linear: fi.LinearSolver = fi.Anderson()  # type: ignore[assignment]

@@ -65,3 +65,21 @@ for method in (fi.Newton(), fi.Broyden(), fi.Anderson(), fi.FixedPointIteration(
     solution = run_method(method, torch.full((2,), 1.5, dtype=dtype))
     assert bool(solution.converged), method
     torch.testing.assert_close(solution.value, torch.full((2,), 2.0, dtype=dtype))
+
+
+# solve= takes a plain callable solve(matvec, b) -> x, or any object following fi.LinearSolver.
+def dense(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor) -> torch.Tensor:
+    matrix: torch.Tensor = torch.func.jacfwd(matvec)(torch.zeros_like(b))
+    x: torch.Tensor = torch.linalg.solve(matrix, b)
+    return x
+
+
+def double(v: torch.Tensor) -> torch.Tensor:
+    return 2.0 * v
+
+
+torch.testing.assert_close(fi.linear_solve(double, b, solve=dense), b / 2)
+torch.testing.assert_close(fi.linear_solve(double, b, solve=Counting(fi.GMRES())), b / 2)
+torch.testing.assert_close(
+    fi.root_vjp(lambda x, a: 2 * x - a, b / 2, (b,), b, solve=dense)[0], b / 2
+)
