@@ -52,8 +52,9 @@ class ProjectedGradient(InnerMethod):
     ``projection(x, *args)`` receives the same arguments as the objective, so a constraint
     whose parameters are meta-parameters (bounds, a radius) gets implicit derivatives in
     them too; a projection that needs only some arguments ignores the rest, e.g.
-    ``projection=lambda x, Q, c, lo, hi: fi.projections.box(x, lo, hi)``. Ready-made
-    projections are in :mod:`funcimplicit.projections`.
+    ``projection=lambda x, Q, c, lo, hi: fi.projections.box(x, lo, hi)``. (A bound the
+    projection closes over is differentiated too, as any tensor a callback touches.)
+    Ready-made projections are in :mod:`funcimplicit.projections`.
 
     ``residual_norm`` is the norm of the gradient mapping
     ``(x - P(x - step_size grad L)) / step_size`` (the gradient norm where no constraint
