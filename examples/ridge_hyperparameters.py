@@ -26,7 +26,7 @@ import argparse
 import math
 
 import torch
-from _common import Progress, Timer, parse_args, savefig, seed_everything
+from _common import Progress, Timer, parse_args, print_result, savefig, seed_everything
 from sklearn.datasets import load_diabetes
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
@@ -253,11 +253,12 @@ def main(args: argparse.Namespace) -> None:
     if imp_val < grid_val and imp_test > grid_test:
         verdict = "overfits the validation set and does NOT beat"
     print(
-        f"RESULT: per-feature penalties (implicit) test MSE {imp_test:.4f} {verdict} grid search "
+        f"summary: per-feature penalties (implicit) test MSE {imp_test:.4f} {verdict} grid search "
         f"{grid_test:.4f} (val MSE {imp_val:.4f} vs {grid_val:.4f}); unrolled K={unroll} "
         f"test MSE {unr_test:.4f}; implicit vs unrolled K={unroll} hypergradient cosine "
         f"{agreement[100][0]:.4f}"
     )
+    print_result("test_mse", method=imp_test, baseline=grid_test, higher_is_better=False, seeds=1)
 
 
 def plot(

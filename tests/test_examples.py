@@ -1,12 +1,15 @@
 """Smoke-run every example in ``examples/`` with ``--quick``, as CI does.
 
-Each example must exit 0, print a final line starting with ``RESULT:``, raise no
+Each example must exit 0, end its output with one ``RESULT: {json}`` line (parsed here: the
+keys, their types and finite numbers; not whether the method wins), raise no
 ``ConvergenceWarning`` and write its plots to ``--out``. To add an example, append its name to
 ``EXAMPLES`` (and the files it writes to ``OUTPUTS``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +21,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 # Script names in examples/, without ".py".
 # examples/distributed_imaml.py runs under torchrun with two processes in tests/test_distributed.py.
 EXAMPLES = [
+    "noisy_labels",
     "ridge_hyperparameters",
     "logistic_weight_decay",
     "dataset_distillation",
@@ -27,6 +31,7 @@ EXAMPLES = [
 
 # Files each example must write to its --out folder.
 OUTPUTS: dict[str, list[str]] = {
+    "noisy_labels": ["noisy_labels.png"],
     "ridge_hyperparameters": ["ridge_hyperparameters.png"],
     "logistic_weight_decay": ["logistic_weight_decay.png"],
     "dataset_distillation": ["dataset_distillation.png"],
@@ -36,6 +41,46 @@ OUTPUTS: dict[str, list[str]] = {
 
 TIMEOUT_S = 300  # --quick runs take seconds; this only stops a hang
 
+RESULT_KEYS = {"metric", "method", "baseline", "higher_is_better", "seeds"}
+
+
+def parse_result(line: str) -> dict[str, object]:
+    """The record of a ``RESULT: {json}`` line, checked: exact keys, types, finite numbers."""
+    prefix = "RESULT: "
+    assert line.startswith(prefix), f"not a RESULT line: {line!r}"
+    record = json.loads(line[len(prefix) :])
+    assert isinstance(record, dict), f"RESULT is not a JSON object: {line!r}"
+    assert set(record) == RESULT_KEYS, f"RESULT keys {sorted(record)} != {sorted(RESULT_KEYS)}"
+    assert isinstance(record["metric"], str), line
+    assert record["metric"], line
+    for key in ("method", "baseline"):
+        value = record[key]
+        assert type(value) in (int, float), line  # bool is an int subclass: refused
+        assert math.isfinite(value), line
+    assert isinstance(record["higher_is_better"], bool), line
+    seeds = record["seeds"]
+    assert type(seeds) is int, line
+    assert seeds >= 1, line
+    return record
+
+
+def test_parse_result_accepts_and_refuses() -> None:
+    good = (
+        'RESULT: {"metric": "test_accuracy", "method": 0.92, "baseline": 0.9, '
+        '"higher_is_better": true, "seeds": 5}'
+    )
+    assert parse_result(good)["seeds"] == 5
+    bad = [
+        good.replace("RESULT: ", "RESULT "),  # prefix
+        good.replace('"seeds": 5', '"seeds": 5.0'),  # type
+        good.replace("0.92", "NaN"),  # not finite (json.loads accepts NaN)
+        good.replace('"higher_is_better": true', '"higher_is_better": 1'),
+        good.replace(', "seeds": 5', ""),  # a key missing
+    ]
+    for line in bad:
+        with pytest.raises((AssertionError, json.JSONDecodeError)):
+            parse_result(line)
+
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_quick(name: str, tmp_path: Path) -> None:
@@ -43,11 +88,13 @@ def test_example_quick(name: str, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     script = EXAMPLES_DIR / f"{name}.py"
     assert script.is_file(), f"{script} is listed in EXAMPLES but does not exist"
-    run_example(
+    lines, report = run_example(
         [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
         cwd=EXAMPLES_DIR.parent,
         timeout_s=TIMEOUT_S,
     )
+    parse_result(lines[-1])
+    assert sum(line.startswith("RESULT:") for line in lines) == 1, report
     for output in OUTPUTS.get(name, []):
         path = tmp_path / output
         assert path.is_file(), f"{name} did not write {output}"
