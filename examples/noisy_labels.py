@@ -327,7 +327,7 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 def main(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     seeds = 2 if args.quick else args.seeds
-    steps = 8 if args.quick else args.steps
+    steps = 5 if args.quick else args.steps
     print(
         f"per-example weights against {args.noise} label noise ({100 * args.rate:.0f}%): "
         f"{seeds} seeds, {steps} Adam steps (lr {args.lr}) each"
