@@ -35,11 +35,12 @@ second-order MAML through the same inner steps), counted with
 ``torch.autograd.graph.saved_tensors_hooks`` (each saved storage counted once).
 
 What the runs show: meta-training lifts accuracy on new images of the base classes, but on
-the novel digits iMAML stays below nearest centroid on raw pixels (and near no meta-training):
-five rotated digit classes are too few base tasks to learn features that transfer to unseen
-digits. ``examples/imaml_sinusoid.py`` is a protocol where meta-learning does pay off. The
-``RESULT:`` line compares 1-shot accuracy on novel digits with the stronger of nearest centroid
-and no meta-training.
+the novel digits iMAML (and FOMAML) stay below nearest centroid on raw pixels and below no
+meta-training at all: five digit classes (with rotations) are too few base tasks to learn
+features that transfer to unseen digits; meta-training specializes to the base classes.
+``examples/imaml_sinusoid.py`` is a protocol where meta-learning does pay off. The ``RESULT:``
+line compares 1-shot accuracy on novel digits with the stronger of nearest centroid and no
+meta-training.
 
 Run: ``python examples/imaml_digits.py [--quick] [--out DIR]``.
 """
