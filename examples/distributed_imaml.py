@@ -434,7 +434,7 @@ def report(
         flush=True,
     )
     print_result(  # what meta-training buys on novel classes
-        "novel_digits_accuracy_percent",
+        "novel_digits_5shot_accuracy_percent",
         method=n1,
         baseline=n0,
         higher_is_better=True,
