@@ -178,7 +178,7 @@ def pretrain(cfg: Config, theta0: Params, gen: torch.Generator) -> Params:
         xs, ys, xq, yq = sample_tasks(cfg.meta_batch, gen)
         x, y = torch.cat([xs, xq], 1).flatten(), torch.cat([ys, yq], 1).flatten()
         opt.zero_grad()
-        ((net(theta, x) - y) ** 2).mean().backward()
+        torch.autograd.backward(((net(theta, x) - y) ** 2).mean())
         opt.step()
     return {k: v.detach() for k, v in theta.items()}
 

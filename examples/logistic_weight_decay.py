@@ -235,7 +235,7 @@ def hypergradient_search(
         if curve[-1] < best[0]:  # the decays this loss belongs to, before the step
             best = (curve[-1], log_lam.detach().clone())
         opt.zero_grad()
-        loss.backward()  # one CG solve per fold, batched
+        torch.autograd.backward(loss)  # one CG solve per fold, batched
         opt.step()
         progress(step, **{f"{label}_cv_logloss": curve[-1]})
     return best[1].exp()[groups], curve

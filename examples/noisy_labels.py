@@ -240,7 +240,7 @@ def learn_weights(
         sol = fit(s, lam, x, y, w)
         val_loss = cross_entropy(val[0] @ sol.value, val[1])
         optimizer.zero_grad()
-        val_loss.backward()  # one CG solve with the inner Hessian, then a VJP in s
+        torch.autograd.backward(val_loss)  # one CG solve with the inner Hessian, then a VJP in s
         optimizer.step()
         w = sol.value.detach()
         trace.val_loss.append(float(val_loss.detach()))
