@@ -1,6 +1,7 @@
 """funcimplicit: implicit differentiation of solutions, native to ``torch.func``."""
 
 from . import nn as nn
+from . import projections as projections
 from ._convergence import ConvergenceError as ConvergenceError
 from ._convergence import ConvergenceWarning as ConvergenceWarning
 from ._convergence import LinearSolveResult as LinearSolveResult
@@ -21,7 +22,11 @@ from ._krylov import CG as CG
 from ._krylov import BiCGStab as BiCGStab
 from ._krylov import Neumann as Neumann
 from ._krylov import NormalCG as NormalCG
+from ._lbfgs import LBFGS as LBFGS
+from ._least_squares import GaussNewton as GaussNewton
+from ._least_squares import LevenbergMarquardt as LevenbergMarquardt
 from ._linear_solve import linear_solve as linear_solve
+from ._projected import ProjectedGradient as ProjectedGradient
 from ._protocols import InnerSolver as InnerSolver
 from ._protocols import LinearSolver as LinearSolver
 from ._root import fixed_point as fixed_point
@@ -29,6 +34,7 @@ from ._root import implicit_root as implicit_root
 from ._root_methods import Broyden as Broyden
 from ._root_methods import GradientDescent as GradientDescent
 from ._root_methods import Newton as Newton
+from ._solve import least_squares as least_squares
 from ._solve import minimize as minimize
 from ._solve import solve_fixed_point as solve_fixed_point
 from ._solve import solve_root as solve_root
@@ -46,26 +52,32 @@ __all__ = [
     "ConvergenceWarning",
     "FixedPointIteration",
     "GMRES",
+    "GaussNewton",
     "GradientDescent",
     "Hypergradient",
     "InnerMethod",
     "InnerProblem",
     "InnerSolver",
+    "LBFGS",
     "LU",
+    "LevenbergMarquardt",
     "LinearSolveResult",
     "LinearSolver",
     "Neumann",
     "Newton",
     "NormalCG",
+    "ProjectedGradient",
     "Solution",
     "Status",
     "TensorTree",
     "fixed_point",
     "hypergradient",
     "implicit_root",
+    "least_squares",
     "linear_solve",
     "minimize",
     "nn",
+    "projections",
     "root_jvp",
     "root_vjp",
     "solve_fixed_point",

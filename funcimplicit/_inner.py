@@ -36,7 +36,8 @@ class Solution(Generic[TreeT]):
             derivatives in the solver's arguments unless ``implicit=False``.
         iterations: iterations taken (int64).
         residual_norm: ``||T(value)||`` (``||F(value) - value||`` for fixed points, the
-            gradient norm for minimization), over all leaves jointly.
+            gradient norm for minimization and least squares, the projected-gradient
+            mapping's norm for ``ProjectedGradient``), over all leaves jointly.
         tolerance: the threshold ``max(atol, rtol * ||value||)`` it was held to.
         converged: ``residual_norm <= tolerance`` with everything finite.
         status: a :class:`Status` code per element (int64).
@@ -59,8 +60,11 @@ class InnerProblem:
 
     ``root(x)`` is ``T(x)``, zero at the solution; ``fixed_point(x)`` is ``F(x)`` with
     ``F(x) = x`` at the solution (``F = x - T`` when only ``T`` is given, and conversely);
-    ``objective(x)`` is set for minimization (``T`` is then its gradient). A method of one's
-    own (a subclass of :class:`InnerMethod`) receives it in ``run(problem, init)``.
+    ``objective(x)`` is set for minimization (``T`` is then its gradient). ``residual(x)``
+    is set for least squares (``objective`` is then ``0.5 ||residual(x)||^2``). ``args`` are
+    the arguments these functions are bound to, for a method whose own callbacks take them
+    too (a projection). A method of one's own (a subclass of :class:`InnerMethod`) receives it
+    in ``run(problem, init)``.
     """
 
     root: Callable[[Any], Any]
@@ -68,6 +72,8 @@ class InnerProblem:
     objective: Callable[[Any], Any] | None
     rtol: float
     atol: float
+    residual: Callable[[Any], Any] | None = None
+    args: tuple[Any, ...] = ()
 
     def tolerance(self, x: TensorTree) -> torch.Tensor:
         """``max(atol, rtol * ||x||)``."""
@@ -119,6 +125,9 @@ class InnerMethod:
 
     #: "fixed_point" methods iterate ``F``; "root" methods solve ``T = 0``.
     form: ClassVar[str] = "fixed_point"
+    #: The entry points whose problems the method can solve ("fixed_point", "root",
+    #: "minimize", "least_squares"); another is refused with an error naming these.
+    problem_kinds: ClassVar[tuple[str, ...]] = ("fixed_point", "root", "minimize", "least_squares")
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -146,6 +155,12 @@ class InnerMethod:
     @property
     def failure_hint(self) -> str:
         return "Raise maxiter, loosen rtol/atol, or try another method (Anderson, Newton)."
+
+    def optimality(self, objective: Callable[..., Any]) -> Callable[..., Any] | None:
+        """The condition ``T(x, *args) = 0`` the method's solution of ``min objective`` meets,
+        when it is not stationarity ``grad_x objective = 0`` (a constrained method); ``None``
+        otherwise. The implicit derivative differentiates this ``T``."""
+        return None
 
     def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
         """Solve ``problem`` from ``init`` (no derivatives attached here)."""

@@ -1,4 +1,5 @@
-"""Entry points for the inner solvers: ``solve_fixed_point``, ``solve_root``, ``minimize``.
+"""Entry points for the inner solvers: ``solve_fixed_point``, ``solve_root``, ``minimize``,
+``least_squares``.
 
 Each runs a method (``Anderson``, ``Newton``, ...) on detached inputs and, by default,
 attaches implicit derivatives to the solution with the same rule as ``implicit_root``: the
@@ -21,13 +22,14 @@ from ._gmres import GMRES
 from ._implicit import attach
 from ._inner import InnerMethod, InnerProblem, Solution
 from ._krylov import CG
+from ._least_squares import CheckedResidual, LevenbergMarquardt, SumOfSquares
 from ._protocols import LinearSolveArg
 from ._root import _FixedPointResidual
 from ._root_methods import Newton
 from ._solver_base import as_linear_solver
 from ._tree import TreeT
 
-__all__ = ["minimize", "solve_fixed_point", "solve_root"]
+__all__ = ["least_squares", "minimize", "solve_fixed_point", "solve_root"]
 
 
 class _RootAsFixedPoint:
@@ -76,6 +78,14 @@ class _CheckedOnce:
         return out
 
 
+_ENTRY_POINTS = {
+    "fixed_point": "fi.solve_fixed_point",
+    "root": "fi.solve_root",
+    "minimize": "fi.minimize",
+    "least_squares": "fi.least_squares",
+}
+
+
 def _run(
     call: str,
     kind: str,
@@ -93,6 +103,12 @@ def _run(
             f"received {type(method).__name__}."
         )
     solve = as_linear_solver(solve, call)
+    if kind not in method.problem_kinds:
+        entries = ", ".join(_ENTRY_POINTS[k] for k in method.problem_kinds)
+        raise TypeError(
+            f"{call}: method {type(method).__name__} does not solve this kind of problem; it "
+            f"works with {entries}. Choose another method, e.g. the default (method=None)."
+        )
     leaves, _ = floating_leaves(init, call, "init")
     rtol, atol = method.tolerances(leaves[0].dtype)
     # A fresh start: the result may be the start itself when no iteration is needed.
@@ -100,7 +116,8 @@ def _run(
     inner_init, inner_args = (_detached(start), _detached(args)) if implicit else (start, args)
 
     names = {"fixed_point": "fixed_point_fn", "root": "root_fn", "minimize": "objective"}
-    checked = _CheckedOnce(fn, call, names[kind], scalar=kind == "minimize")
+    checked = _CheckedOnce(fn, call, names.get(kind, ""), scalar=kind == "minimize")
+    residual_fn: Callable[..., Any] | None = None
     objective: Callable[..., Any] | None = None
     fixed_point_fn: Callable[..., Any]
     root_fn: Callable[..., Any]
@@ -113,9 +130,21 @@ def _run(
         )
     elif kind == "root":
         root_fn, fixed_point_fn, rule = checked, _RootAsFixedPoint(checked), fn
+    elif kind == "least_squares":
+        # 0.5 ||r||^2: stationarity J^T r = 0, whose Jacobian (the rule's A) is the full
+        # Hessian J^T J + sum_i r_i Hess r_i, exact for non-zero residual problems too.
+        residual_fn = CheckedResidual(fn, call)
+        objective = SumOfSquares(residual_fn)
+        root_fn, rule = _Stationarity(objective), _Stationarity(SumOfSquares(fn))
+        fixed_point_fn = _RootAsFixedPoint(root_fn)
     else:
         objective, root_fn, rule = checked, _Stationarity(checked), _Stationarity(fn)
         fixed_point_fn = _RootAsFixedPoint(root_fn)
+    if kind in ("minimize", "least_squares"):
+        # A constrained method states its own condition (e.g. a projected fixed point).
+        constrained = method.optimality(SumOfSquares(fn) if kind == "least_squares" else fn)
+        if constrained is not None:
+            rule = constrained
 
     problem = InnerProblem(
         root=lambda x: root_fn(x, *inner_args),
@@ -123,6 +152,8 @@ def _run(
         objective=None if objective is None else (lambda x: objective(x, *inner_args)),
         rtol=rtol,
         atol=atol,
+        residual=None if residual_fn is None else (lambda x: residual_fn(x, *inner_args)),
+        args=inner_args,
     )
     if implicit:
         # The iterations are never differentiated: nothing they read (module parameters or
@@ -144,6 +175,14 @@ def _run(
     # The method judged convergence by its own tolerances and reported it above.
     value = attach(rule, result.value, args, range(len(args)), solve, call, check_root=False)
     return replace(result, value=value)
+
+
+def _default_solve(method: Any, objective: Callable[..., Any]) -> LinearSolveArg:
+    """CG for the Hessian of an unconstrained minimum; GMRES for a constrained method's
+    condition, whose Jacobian is not symmetric."""
+    if isinstance(method, InnerMethod) and method.optimality(objective) is not None:
+        return GMRES()
+    return CG()
 
 
 def solve_fixed_point(
@@ -257,9 +296,11 @@ def minimize(
         objective: ``L(x, *args)``, a scalar tensor, twice differentiable in ``x``.
         init: the starting point.
         *args: pytrees passed to ``L``; their tensor leaves get implicit derivatives.
-        method: ``Newton(solve=CG())`` (default, Newton-CG with backtracking on ``L``) or
-            ``GradientDescent(step_size=...)``.
-        solve: the linear solver of the implicit derivative (default ``CG()``).
+        method: ``Newton(solve=CG())`` (default, Newton-CG with backtracking on ``L``),
+            ``LBFGS()``, ``GradientDescent(step_size=...)``, or, for a constraint
+            ``x in C``, ``ProjectedGradient(projection=..., step_size=...)``.
+        solve: the linear solver of the implicit derivative (default ``CG()``; ``GMRES()``
+            for ``ProjectedGradient``, whose condition has a non-symmetric Jacobian).
         implicit: see :func:`solve_fixed_point`.
 
     Returns:
@@ -276,13 +317,71 @@ def minimize(
         >>> lam.grad
         tensor(-0.5000, dtype=torch.float64)
     """
+    chosen = Newton(solve=CG(on_failure="ignore")) if method is None else method
     return _run(
         "minimize(objective, init, *args)",
         "minimize",
         objective,
         init,
         args,
-        Newton(solve=CG(on_failure="ignore")) if method is None else method,
-        CG() if solve is None else solve,
+        chosen,
+        _default_solve(chosen, objective) if solve is None else solve,
+        implicit,
+    )
+
+
+def least_squares(
+    residual_fn: Callable[..., Any],
+    init: TreeT,
+    *args: Any,
+    method: InnerMethod | None = None,
+    solve: LinearSolveArg = None,
+    implicit: bool = True,
+) -> Solution[TreeT]:
+    """Minimize ``0.5 ||r(x, *args)||^2`` over ``x`` and differentiate the minimizer in ``args``.
+
+    The implicit derivative differentiates the stationarity condition ``J^T r = 0``
+    (``J = dr/dx``) exactly: its Jacobian is the full Hessian
+    ``J^T J + sum_i r_i d^2 r_i / dx^2``, not the Gauss-Newton matrix ``J^T J`` the methods
+    step with, so the derivative is exact for problems whose residual does not vanish at the
+    solution as well.
+
+    Args:
+        residual_fn: ``r(x, *args)``, a pytree of floating tensors of any shapes (the
+            residuals need not be shaped like ``x``).
+        init: the starting point.
+        *args: pytrees passed to ``r``; their tensor leaves get implicit derivatives.
+        method: ``LevenbergMarquardt()`` (default), ``GaussNewton()``, or any method of
+            :func:`minimize` (``LBFGS()``, ``Newton()``, ``ProjectedGradient(...)``) applied
+            to ``0.5 ||r||^2``.
+        solve: the linear solver of the implicit derivative (default ``CG()``; ``GMRES()``
+            for a constrained method).
+        implicit: see :func:`solve_fixed_point`.
+
+    Returns:
+        A :class:`Solution` (``residual_norm`` is the gradient norm ``||J^T r||``).
+
+    Examples:
+        >>> import torch, funcimplicit as fi
+        >>> def r(p, t, y):  # fit y = a exp(b t)
+        ...     return p[0] * torch.exp(p[1] * t) - y
+        >>> t = torch.linspace(0, 1, 5, dtype=torch.float64)
+        >>> y = (2.0 * torch.exp(-1.5 * t)).requires_grad_()
+        >>> sol = fi.least_squares(r, torch.tensor([1.0, 0.0], dtype=torch.float64), t, y)
+        >>> sol.value.detach().round(decimals=6)
+        tensor([ 2.0000, -1.5000], dtype=torch.float64)
+        >>> sol.value[0].backward()  # how the fitted amplitude moves with the data
+        >>> y.grad.shape
+        torch.Size([5])
+    """
+    chosen = LevenbergMarquardt() if method is None else method
+    return _run(
+        "least_squares(residual_fn, init, *args)",
+        "least_squares",
+        residual_fn,
+        init,
+        args,
+        chosen,
+        _default_solve(chosen, SumOfSquares(residual_fn)) if solve is None else solve,
         implicit,
     )

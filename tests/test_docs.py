@@ -41,6 +41,7 @@ PAGES_WITH_CODE = {
     "guides/distributed.md",
     "guides/deq.md",
     "guides/batching.md",
+    "guides/constrained.md",
     "guides/compile.md",
     "migration/jaxopt.md",
     "migration/torchopt.md",
