@@ -2,7 +2,7 @@
 
 Every example is a script run as ``python examples/<name>.py [--quick] [--out DIR]``::
 
-    from _common import parse_args, seed_everything, Progress, Timer
+    from _common import parse_args, print_result, seed_everything, Progress, Timer
 
     args = parse_args("Learn per-feature ridge penalties.")
     seed_everything(args.seed)
@@ -10,17 +10,19 @@ Every example is a script run as ``python examples/<name>.py [--quick] [--out DI
     with Timer() as timer:
         for step in range(args.steps):
             ...
-            progress(step, val_mse=0.41, test_mse=0.43)
-    print(f"RESULT: ... in {timer.seconds:.1f} s")
+            progress(step, val_mse=val_mse, test_mse=test_mse)
+    print_result("test_mse", method=test_mse, baseline=grid_mse, higher_is_better=False, seeds=1)
 
 ``--quick`` asks for a smoke-test sized run (CI, ``tests/test_examples.py``); ``--out`` is the
-folder plots are written to (created if missing). Each example prints one final line starting with
-``RESULT:`` that states its outcome.
+folder plots are written to (created if missing). Each example's output ends with one line
+written by :func:`print_result`: ``RESULT:`` and a JSON record of its outcome.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import random
 import time
@@ -37,7 +39,15 @@ if TYPE_CHECKING:
 # Plots are written to files: no display needed (set before any example imports pyplot).
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-__all__ = ["DEFAULT_OUT", "Progress", "Timer", "parse_args", "savefig", "seed_everything"]
+__all__ = [
+    "DEFAULT_OUT",
+    "Progress",
+    "Timer",
+    "parse_args",
+    "print_result",
+    "savefig",
+    "seed_everything",
+]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "output"
 
@@ -156,6 +166,28 @@ def savefig(fig: Figure, out: Path, name: str) -> Path:
     plt.close(fig)
     print(f"saved {path}")
     return path
+
+
+def print_result(
+    metric: str, method: float, baseline: float, higher_is_better: bool, seeds: int
+) -> None:
+    """Print the example's machine-readable outcome; call it last (nothing may follow it).
+
+    The line is ``RESULT: {"metric": ..., "method": ..., "baseline": ..., "higher_is_better":
+    ..., "seeds": ...}`` with the JSON on one line; ``tests/test_examples.py`` parses it.
+    Pass numbers computed by the run, never typed-in ones.
+    """
+    method, baseline = float(method), float(baseline)
+    if not (math.isfinite(method) and math.isfinite(baseline)):
+        raise ValueError(f"print_result: non-finite numbers (method {method}, baseline {baseline})")
+    record = {
+        "metric": metric,
+        "method": method,
+        "baseline": baseline,
+        "higher_is_better": bool(higher_is_better),
+        "seeds": int(seeds),
+    }
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 class SavedBytes:

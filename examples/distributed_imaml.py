@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from _common import Progress, Timer, parse_args, savefig, seed_everything
+from _common import Progress, Timer, parse_args, print_result, savefig, seed_everything
 from imaml_digits import (
     Config,
     Episodes,
@@ -409,7 +409,7 @@ def report(
     spread: float,
     accuracy: tuple[float, float, float, float, float],
 ) -> None:
-    """Rank 0: print the throughput, save the plot and print the ``RESULT:`` line."""
+    """Rank 0: print the throughput, save the plot, the summary and the ``RESULT:`` line."""
     n0, n1, n1_ci, b0, b1 = accuracy
     print(f"   1 process:    {speed.one:7.1f} meta-gradients/s")
     rates = f"1 process {speed.one:.0f}"
@@ -425,13 +425,20 @@ def report(
     )
     plot(hist, speed, r, threads, args)
     print(
-        f"RESULT: iMAML 5-way {SHOT}-shot on {r.world} process(es): novel digits "
+        f"summary: iMAML 5-way {SHOT}-shot on {r.world} process(es): novel digits "
         f"{n1:.1f}+-{n1_ci:.1f} % (no meta-training {n0:.1f} %), base classes' new images "
         f"{b1:.1f} % ({b0:.1f} %) after {cfg.meta_iters} meta-iterations; "
         f"meta-gradients/s: {rates} ({threads} thread(s) each); "
         f"distributed = one-process meta-gradient to {speed.gap:.0e}; ranks' theta differ by "
         f"{spread:.0e}; {nbytes} bytes all-reduced per step",
         flush=True,
+    )
+    print_result(  # what meta-training buys on novel classes
+        "novel_digits_5shot_accuracy_percent",
+        method=n1,
+        baseline=n0,
+        higher_is_better=True,
+        seeds=1,
     )
 
 

@@ -34,6 +34,14 @@ Memory: bytes saved for backward by one classic-autograd meta-gradient (iMAML vs
 second-order MAML through the same inner steps), counted with
 ``torch.autograd.graph.saved_tensors_hooks`` (each saved storage counted once).
 
+What the runs show: meta-training lifts accuracy on new images of the base classes, but on
+the novel digits iMAML (and FOMAML) stay below nearest centroid on raw pixels and below no
+meta-training at all: five digit classes (with rotations) are too few base tasks to learn
+features that transfer to unseen digits; meta-training specializes to the base classes.
+``examples/imaml_sinusoid.py`` is a protocol where meta-learning does pay off. The ``RESULT:``
+line compares 1-shot accuracy on novel digits with the stronger of nearest centroid and no
+meta-training.
+
 Run: ``python examples/imaml_digits.py [--quick] [--out DIR]``.
 """
 
@@ -48,7 +56,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import Progress, SavedBytes, Timer, parse_args, savefig, seed_everything
+from _common import (
+    Progress,
+    SavedBytes,
+    Timer,
+    parse_args,
+    print_result,
+    savefig,
+    seed_everything,
+)
 from sklearn.datasets import load_digits
 from torch import Tensor
 
@@ -532,13 +548,21 @@ def main(args: argparse.Namespace) -> None:
         f"{b0[0]:.1f} / {b0[1]:.1f} % to {b1[0]:.1f} / {b1[1]:.1f} % (1-shot / 5-shot)"
     )
     print(
-        f"RESULT: novel digits 5-9, 5-way 1-shot / 5-shot over {cfg.test_episodes} episodes: "
+        f"summary: novel digits 5-9, 5-way 1-shot / 5-shot over {cfg.test_episodes} episodes: "
         f"iMAML {i1[0]:.1f}+-{i1[1]:.1f} / {i5[0]:.1f}+-{i5[1]:.1f} %, "
         f"FOMAML {f1[0]:.1f}+-{f1[1]:.1f} / {f5[0]:.1f}+-{f5[1]:.1f} %, "
         f"nearest centroid {c1[0]:.1f}+-{c1[1]:.1f} / {c5[0]:.1f}+-{c5[1]:.1f} %; "
         f"meta-gradient memory at {cfg.inner_steps} inner steps: iMAML {ref[2] / 2**10:.0f} KiB "
         f"vs unrolled MAML {ref[1] / 2**10:.0f} KiB ({ref[1] / ref[2]:.0f}x); "
         f"total {total.seconds:.0f} s of meta-training"
+    )
+    # 1-shot on novel digits against the stronger of the two baselines that need no meta-gradient.
+    print_result(
+        "novel_digits_1shot_accuracy_percent",
+        method=i1[0],
+        baseline=max(c1[0], results[("no meta-training, proximal inner", 1)][0]),
+        higher_is_better=True,
+        seeds=1,
     )
 
 

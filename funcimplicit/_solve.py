@@ -155,7 +155,14 @@ def _run(
         residual=None if residual_fn is None else (lambda x: residual_fn(x, *inner_args)),
         args=inner_args,
     )
-    result = method.run(problem, inner_init)
+    if implicit:
+        # The iterations are never differentiated: nothing they read (module parameters or
+        # closures that require grad) may record a graph, which would hold memory growing with
+        # the iterations. torch.func transforms inside the methods ignore this outer no_grad.
+        with torch.no_grad():
+            result = method.run(problem, inner_init)
+    else:
+        result = method.run(problem, inner_init)
     report(
         result,
         method.on_failure,
