@@ -322,6 +322,21 @@ class RootProblem:
             return False
         return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
+    def gap(
+        self, tensors: Sequence[Any], solution: Any, chosen: Sequence[int]
+    ) -> Callable[..., Any]:
+        """``a -> T(theta_out, a) - T(theta*, a)`` in the explicit tensors at ``chosen``: zero
+        in value, it carries the derivative of ``B`` along the solution (second order)."""
+        detached = self.solution.rebuild(tensors)
+
+        def gap(*values: torch.Tensor) -> Any:
+            moved = self.args.replaced(tensors, chosen, values)
+            return _tree.sub(
+                self.optimality_fn(solution, *moved), self.optimality_fn(detached, *moved)
+            )
+
+        return gap
+
     def refuse_captured(self) -> None:
         if not self.captured:
             return
@@ -394,15 +409,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
         chosen = [i for i in sorted(problem.differentiable) if ctx.needs_input_grad[1 + i]]
         if second and chosen:
             # B(theta_out)^T (-u) - B(theta*)^T (-u): zero, but differentiable along theta_out.
-            detached = problem.solution.rebuild(tensors)
-
-            def gap(*values: torch.Tensor) -> Any:
-                moved = problem.args.replaced(tensors, chosen, values)
-                return _tree.sub(
-                    problem.optimality_fn(solution, *moved),
-                    problem.optimality_fn(detached, *moved),
-                )
-
+            gap = problem.gap(tensors, solution, chosen)
             _, pullback = _func.vjp(gap, *[tensors[i] for i in chosen])
             for i, g in zip(chosen, pullback(minus_u), strict=True):
                 result[i] = g
@@ -426,18 +433,12 @@ class _ImplicitRootFunction(torch.autograd.Function):
         moving = [i for i in sorted(problem.differentiable) if dt[i] is not None]
         second = problem.second_order([*outputs, *dz])
         if moving and second:
+            # B(theta_out) t - B(theta*) t: zero, but differentiable along theta_out.
             problem.refuse_captured()
-            detached = problem.solution.rebuild(tensors)
-
-            def gap(*values: torch.Tensor) -> Any:
-                moved = problem.args.replaced(tensors, moving, values)
-                return _tree.sub(
-                    problem.optimality_fn(solution, *moved),
-                    problem.optimality_fn(detached, *moved),
-                )
-
             _, b_gap = _func.jvp(
-                gap, tuple(tensors[i] for i in moving), tuple(dt[i] for i in moving)
+                problem.gap(tensors, solution, moving),
+                tuple(tensors[i] for i in moving),
+                tuple(dt[i] for i in moving),
             )
             rhs = _tree.sub(rhs, b_gap)
         elif second:
