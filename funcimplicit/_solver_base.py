@@ -387,7 +387,8 @@ def as_linear_solver(solve: object, call: str) -> LinearSolverBase:
     """The linear solver that ``solve=`` names, for every entry point that takes one.
 
     A library solver (a :class:`LinearSolverBase`) is returned unchanged; ``None`` gives
-    the default ``GMRES()``; a plain callable ``solve(matvec, b) -> x`` or an object
+    the default :class:`funcimplicit.Auto` (dense LU while small, GMRES beyond); a plain
+    callable ``solve(matvec, b) -> x`` or an object
     following :class:`funcimplicit.LinearSolver` is wrapped in a :class:`CallableSolver`,
     which judges its answer by the true residual. Anything else is a ``TypeError`` naming
     ``call``.
@@ -395,9 +396,9 @@ def as_linear_solver(solve: object, call: str) -> LinearSolverBase:
     if isinstance(solve, LinearSolverBase):
         return solve
     if solve is None:
-        from ._gmres import GMRES  # the default; _gmres imports this module
+        from ._auto import Auto  # the default; _auto imports this module
 
-        return GMRES()
+        return Auto()
     expected = (
         "a linear solver (a library solver such as fi.CG() or fi.GMRES(), an object "
         "following fi.LinearSolver, or a callable solve(matvec, b) -> x)"
