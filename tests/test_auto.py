@@ -6,6 +6,7 @@ Every derivative is compared with an independent reference: a dense float64
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -51,6 +52,7 @@ def test_choice_by_size_and_memory() -> None:
     # fields pass through to the chosen solver
     solver = fi.Auto(rtol=1e-3, atol=1e-4, ridge=0.5, on_failure="raise", maxiter=7)
     gmres = solver.chosen(large)
+    assert isinstance(gmres, fi.GMRES)
     assert (gmres.rtol, gmres.atol, gmres.ridge, gmres.on_failure, gmres.maxiter) == (
         1e-3,
         1e-4,
@@ -110,7 +112,7 @@ def test_symmetric_falls_back_to_lu() -> None:
         b = rhs(n, seed=8)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            result = fi.Auto(symmetric=True).run(lambda v, a=a: a @ v, b)
+            result = fi.Auto(symmetric=True).run(functools.partial(torch.mv, a), b)
         assert bool(result.converged)
         torch.testing.assert_close(result.solution, torch.linalg.solve(a, b))
 
@@ -149,7 +151,8 @@ def _fi_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _ref_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # the reference differentiates torch's own dense solve, float64, outside the library
     # (jacrev(jacrev) only: FINDINGS records wrong vmap(jacfwd(torch.linalg.solve)))
-    return torch.linalg.solve(a, b)
+    out: torch.Tensor = torch.linalg.solve(a, b)
+    return out
 
 
 def test_default_is_auto_in_linear_solve(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,7 +269,11 @@ def test_fixed_point_default_against_reference() -> None:
         return torch.tanh(w @ z + x)
 
     x = rhs(n, seed=33)
-    sol = lambda x: fi.solve_fixed_point(f, torch.zeros(n, dtype=F64), x).value  # noqa: E731
+
+    def sol(x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = fi.solve_fixed_point(f, torch.zeros(n, dtype=F64), x).value
+        return out
+
     jac = torch.func.jacrev(sol)(x)
     z = sol(x).detach()
     s = 1 - torch.tanh(w @ z + x) ** 2  # dF/dz = diag(s) w, dF/dx = diag(s)
@@ -295,7 +302,8 @@ def test_hypergradient_default_compiles_as_one_graph() -> None:
 
     def reference(lam: torch.Tensor) -> torch.Tensor:
         w = torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
-        return (xv @ w - yv).square().sum()
+        out: torch.Tensor = (xv @ w - yv).square().sum()
+        return out
 
     want = torch.func.grad(reference)(lam)
     compiled = torch.compile(hyper, fullgraph=True, backend="aot_eager")
