@@ -99,6 +99,8 @@ class Auto(LinearSolverBase):
         max_dense: the largest ``n`` factorized densely (default 500, measured on CPU).
         symmetric: whether ``A`` is symmetric positive definite (Cholesky / CG).
         maxiter: the Krylov path's iteration cap (``None``: its default).
+        check_every: the Krylov path's host reads (see :class:`funcimplicit.CG`); the
+            dense path reads nothing in its loop (it has none).
 
     Examples:
         >>> import torch, funcimplicit as fi
@@ -111,6 +113,7 @@ class Auto(LinearSolverBase):
     max_dense: int = DEFAULT_MAX_DENSE
     symmetric: bool = False
     maxiter: int | None = None
+    check_every: int | None = 1
 
     #: The dense path vmaps the operator: it must be differentiable-capable.
     applies_operator_only: ClassVar[bool] = False
@@ -123,6 +126,14 @@ class Auto(LinearSolverBase):
             or self.max_dense < 0
         ):
             raise ValueError(f"Auto: max_dense must be an int >= 0; received {self.max_dense!r}.")
+        if self.check_every is not None and (
+            isinstance(self.check_every, bool)
+            or not isinstance(self.check_every, int)
+            or self.check_every < 1
+        ):
+            raise ValueError(
+                f"Auto: check_every must be a positive int or None; received {self.check_every!r}."
+            )
         if not isinstance(self.symmetric, bool):
             raise TypeError(f"Auto: symmetric must be a bool; received {self.symmetric!r}.")
         if self.maxiter is not None and (
@@ -141,16 +152,20 @@ class Auto(LinearSolverBase):
 
     def chosen(self, b: Any) -> LinearSolverBase:
         """The solver that runs for a right-hand side shaped like ``b``."""
-        common = {
-            "rtol": self.rtol,
-            "atol": self.atol,
-            "ridge": self.ridge,
-            "on_failure": self.on_failure,
-        }
+        rtol, atol, ridge, on_failure = self.rtol, self.atol, self.ridge, self.on_failure
         if self.dense(b):
-            return _DenseChoice(symmetric=self.symmetric, **common)  # type: ignore[arg-type]
+            return _DenseChoice(
+                symmetric=self.symmetric, rtol=rtol, atol=atol, ridge=ridge, on_failure=on_failure
+            )
         krylov = CG if self.symmetric else GMRES
-        return krylov(maxiter=self.maxiter, **common)  # type: ignore[arg-type]
+        return krylov(
+            maxiter=self.maxiter,
+            check_every=self.check_every,
+            rtol=rtol,
+            atol=atol,
+            ridge=ridge,
+            on_failure=on_failure,
+        )
 
     @property
     def failure_hint(self) -> str:

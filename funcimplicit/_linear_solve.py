@@ -298,6 +298,7 @@ def linear_solve(
             ridge=solver.ridge,
             maxiter=solver.maxiter,
             preconditioner=solver.preconditioner,
+            check_every=solver.check_every,
             on_failure=solver.on_failure,
         )
         return _solve_attached(_NormalResidual(matvec, like), b, args, cg, init, call)  # type: ignore[no-any-return]
