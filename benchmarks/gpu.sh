@@ -29,7 +29,7 @@ python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no C
 
 status=0
 timeout 450 python benchmarks/run.py --device cuda --quick --out "$OUT/bench" \
-    --sections ridge logistic imaml deq compiled linear overhead inner \
+    --sections ridge logistic imaml deq compiled linear overhead inner auto \
     2> "$OUT/bench.log" > /dev/null || status=$?
 tail -n 5 "$OUT/bench.log"
 if [ "$status" -eq 124 ]; then

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from _report import Result, Section, cpu_model, load_torchopt, progress, source_fingerprint, table
 from _timing import others_load, synchronize_with, wait_for_quiet
+from auto import section_auto
 from deq import section_deq
 from imaml import section_imaml
 from implicit import section_logistic, section_ridge
@@ -51,6 +52,7 @@ SECTIONS: dict[str, SectionFn] = {
     "linear": section_linear,
     "inner": section_inner,
     "overhead": section_overhead,
+    "auto": section_auto,
 }
 ALL = [*SECTIONS, "compiled"]
 FULL_ONLY = ("inner", "compiled")  # left out of --quick unless named: they take minutes

@@ -2,6 +2,7 @@
 
 from . import nn as nn
 from . import projections as projections
+from ._auto import Auto as Auto
 from ._convergence import ConvergenceError as ConvergenceError
 from ._convergence import ConvergenceWarning as ConvergenceWarning
 from ._convergence import LinearSolveResult as LinearSolveResult
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Anderson",
+    "Auto",
     "BiCGStab",
     "Broyden",
     "CG",

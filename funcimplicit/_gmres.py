@@ -12,7 +12,7 @@ import torch
 from . import _tree
 from ._checks import may_mutate
 from ._convergence import LinearSolveResult
-from ._loop import ALL_DONE, NONE_DONE, progress, safe_div, safe_sqrt
+from ._loop import ALL_DONE, NONE_DONE, UNKNOWN, checked, progress, safe_div, safe_sqrt
 from ._solver_base import IterativeSolver, Operator, rounding_slack
 from ._tree import TreeT
 
@@ -36,7 +36,9 @@ class GMRES(IterativeSolver):
     matrix products over the stacked basis) and minimizes the residual over it with Givens
     rotations. A cycle ends early once the residual estimate meets the tolerance; every
     restart recomputes the true residual. ``maxiter`` counts Arnoldi steps (one matvec each);
-    at most ``ceil(maxiter / restart)`` cycles run.
+    at most ``ceil(maxiter / restart)`` cycles run. ``check_every`` counts Arnoldi steps
+    within a cycle; the per-cycle reads (restart, stagnation) happen when ``check_every`` is
+    not ``None``.
 
     Examples:
         >>> import torch, funcimplicit as fi
@@ -82,12 +84,12 @@ class GMRES(IterativeSolver):
                 open_ = ran & ~converged & torch.isfinite(beta)
                 # rounding (e.g. after a breakdown) made it worse: keep the previous x
                 worse = open_ & (beta > beta_before)
-                if progress(worse) != NONE_DONE:
+                if (progress(worse) if self.check_every else UNKNOWN) != NONE_DONE:
                     x = _tree.where(worse, x_before, x)
                     beta = torch.where(worse, beta_before, beta)
                 stagnated = stagnated | (open_ & torch.logical_not(beta < least * beta_before))
             done = converged | stagnated | ~torch.isfinite(beta) | (iterations >= maxiter)
-            if cycle == cycles - 1 or progress(done) == ALL_DONE:
+            if cycle == cycles - 1 or (self.check_every and progress(done) == ALL_DONE):
                 break
             ran, x_before, beta_before = ~done, x, beta
             x, iterations, claimed = self._cycle(
@@ -132,7 +134,7 @@ class GMRES(IterativeSolver):
         mutable: bool | None = None  # decided at the first matvec of the cycle
         inner_done = done | (iterations >= maxiter)
         for j in range(m):
-            status = progress(inner_done)
+            status = progress(inner_done) if checked(j, self.check_every) else UNKNOWN
             if status == ALL_DONE:
                 break
             active = ~inner_done

@@ -142,7 +142,8 @@ def root_vjp(
         solution: ``theta*`` with ``T(theta*, *args) = 0``.
         args: the arguments of ``T``; tensor leaves get gradients.
         cotangent: ``v``, shaped like ``solution``.
-        solve: the linear solver for ``A^T u = v``; defaults to ``GMRES()``.
+        solve: the linear solver for ``A^T u = v``; defaults to ``Auto()``: dense LU up to
+            500 unknowns, GMRES beyond.
 
     Returns:
         One pytree per argument, shaped like it, with ``None`` at non-tensor leaves.
@@ -196,7 +197,8 @@ def root_jvp(
         solution: ``theta*`` with ``T(theta*, *args) = 0``.
         args: the arguments of ``T``.
         tangents: one tangent pytree per argument, shaped like it (tensor leaves only).
-        solve: the linear solver for ``A s = -B t``; defaults to ``GMRES()``.
+        solve: the linear solver for ``A s = -B t``; defaults to ``Auto()``: dense LU up to
+            500 unknowns, GMRES beyond.
 
     Returns:
         The tangent of the solution, shaped like ``solution``.

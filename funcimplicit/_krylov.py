@@ -101,7 +101,7 @@ class CG(IterativeSolver):
 
         state = (x, r, z, rz, rr)
         done = torch.logical_not(rr > tol2)
-        state, iterations, _ = iterate(step, state, done, self._maxiter(b))
+        state, iterations, _ = iterate(step, state, done, self._maxiter(b), self.check_every)
         return _judged(operator, b, state[0], iterations, state[-1], tolerance)
 
 
@@ -155,7 +155,11 @@ class NormalCG(IterativeSolver):
         rhs = transpose(b)[0]
         rtol = default_rtol(b_leaves[0].dtype) if self.rtol is None else self.rtol
         tolerance = torch.clamp(rtol * _tree.norm(rhs), min=self.atol)
-        inner = CG(maxiter=self.maxiter, preconditioner=self.preconditioner)
+        inner = CG(
+            maxiter=self.maxiter,
+            preconditioner=self.preconditioner,
+            check_every=self.check_every,
+        )
         start = None if init is None else _tree.map_leaves(torch.clone, init)
         return non_finite_visible(inner._solve(normal, rhs, start, tolerance), _tree.norm(b))
 
@@ -212,7 +216,7 @@ class BiCGStab(IterativeSolver):
 
         state = (x, r, zero_tree, zero_tree, one, one, one, rr)
         done = torch.logical_not(rr > tol2)
-        state, iterations, _ = iterate(step, state, done, self._maxiter(b))
+        state, iterations, _ = iterate(step, state, done, self._maxiter(b), self.check_every)
         return _judged(operator, b, state[0], iterations, state[-1], tolerance)
 
 
@@ -256,6 +260,6 @@ class Neumann(IterativeSolver):
             return (x, r, rr), torch.logical_not(rr > tol2)
 
         done = torch.logical_not(rr > tol2)
-        state, iterations, _ = iterate(step, (x, r, rr), done, self._maxiter(b))
+        state, iterations, _ = iterate(step, (x, r, rr), done, self._maxiter(b), self.check_every)
         x, _, rr = state
         return finish(x, iterations, torch.sqrt(rr), tolerance)

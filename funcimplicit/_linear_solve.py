@@ -263,8 +263,9 @@ def linear_solve(
         b: the right-hand side, a pytree of real floating tensors (0-d allowed).
         *args: pytrees passed to ``matvec``; tensor leaves are differentiable, other leaves
             pass through untouched.
-        solve: the linear solver; defaults to ``GMRES()`` (any square ``A``). Use ``CG``
-            or ``Cholesky`` for symmetric positive definite ``A``.
+        solve: the linear solver; defaults to ``Auto()`` (any square ``A``: dense LU up to
+            500 unknowns, GMRES beyond). Use ``Auto(symmetric=True)``, ``CG`` or
+            ``Cholesky`` for symmetric positive definite ``A``.
         init: an initial guess (warm start), not differentiated.
 
     Returns:
@@ -297,6 +298,7 @@ def linear_solve(
             ridge=solver.ridge,
             maxiter=solver.maxiter,
             preconditioner=solver.preconditioner,
+            check_every=solver.check_every,
             on_failure=solver.on_failure,
         )
         return _solve_attached(_NormalResidual(matvec, like), b, args, cg, init, call)  # type: ignore[no-any-return]

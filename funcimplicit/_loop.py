@@ -96,23 +96,33 @@ def progress(done: torch.Tensor) -> str:
 Step = Callable[[Any], tuple[Any, torch.Tensor]]
 
 
+def checked(k: int, check_every: int | None) -> bool:
+    """Whether iteration ``k`` (from 0) of a loop may read the batch's progress on the host.
+
+    ``check_every=1`` reads at every iteration, ``k`` every ``k``-th, ``None`` never: the
+    loop then runs its full trip count with no host synchronization (for GPUs).
+    """
+    return check_every is not None and k % check_every == 0
+
+
 def iterate(
-    step: Step, state: Any, done: torch.Tensor, maxiter: int
+    step: Step, state: Any, done: torch.Tensor, maxiter: int, check_every: int | None = 1
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Apply ``step`` to every element that is not done, at most ``maxiter`` times.
 
     ``step(state) -> (new_state, finished)`` works on one problem (vmap batches it). A done
     element is frozen with ``torch.where``, so its state is exactly what it was when it
-    finished. The loop ends when all elements are done (one host read per iteration) or,
-    when that cannot be read (compile), after ``maxiter`` iterations.
+    finished. The loop ends when all elements are done (one host read per iteration; every
+    ``check_every``-th iteration, or never with ``None``) or, when that cannot be read
+    (compile), after ``maxiter`` iterations.
 
     Returns:
         ``(state, iterations, done)`` with per-element iteration counts (int64).
     """
     iterations = torch.zeros_like(done, dtype=torch.int64)
     shared = 0  # iterations in which every element was active: added to all at the end
-    for _ in range(maxiter):
-        status = progress(done)
+    for k in range(maxiter):
+        status = progress(done) if checked(k, check_every) else UNKNOWN
         if status == ALL_DONE:
             break
         new_state, finished = step(state)

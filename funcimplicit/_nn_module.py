@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from . import _nn_state as state
+from ._auto import Auto
 from ._checks import floating_leaves
-from ._gmres import GMRES
 from ._implicit import attach
-from ._krylov import CG
 from ._nn_state import Functional as Functional
 from ._protocols import LinearSolveArg
 from ._solver_base import LinearSolverBase, as_linear_solver
@@ -129,8 +128,9 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
     ``d theta*/d phi = -A^{-1} B`` with ``A = dT/dtheta``, ``B = dT/dphi`` for the optimality
     ``T``, applied with one linear solve per backward pass. The linear solver is set per class,
     ``class Inner(fi.nn.ImplicitMetaGradientModule, solve=fi.CG(maxiter=20))``, or per
-    instance, ``module.linear_solver = fi.GMRES()``; the default is ``fi.CG()`` when the
-    optimality is derived from an objective (a symmetric Hessian) and ``fi.GMRES()`` otherwise.
+    instance, ``module.linear_solver = fi.GMRES()``; the default is ``fi.Auto(symmetric=True)``
+    (dense Cholesky while small, CG beyond) when the optimality is derived from an objective
+    (a symmetric Hessian) and ``fi.Auto()`` (dense LU, GMRES beyond) otherwise.
 
     Examples:
         >>> import torch, funcimplicit as fi
@@ -471,7 +471,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         rule: Any = state.DerivedOptimality(snapshot) if derived else state.UserOptimality(snapshot)
         solver = self.linear_solver
         if solver is None:
-            solver = CG() if derived else GMRES()
+            solver = Auto(symmetric=derived)
         args = (meta, snapshot.buffers(), data, kwargs)
         out = attach(rule, solution, args, [0, 2, 3], solver, label)
         self._install(leaves, out)

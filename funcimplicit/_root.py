@@ -245,8 +245,9 @@ def implicit_root(
             ``init``, never differentiated); ``None`` means every argument after ``init``.
             Other arguments are constants.
         has_aux: the solver returns ``(solution, aux)``; ``aux`` passes through untouched.
-        solve: the linear solver for ``A`` (default ``GMRES()``; ``CG()`` when ``A`` is a
-            symmetric positive definite Hessian).
+        solve: the linear solver for ``A`` (default ``Auto()``: dense LU up to 500 unknowns,
+            GMRES beyond; ``Auto(symmetric=True)`` or ``CG()`` when ``A`` is a symmetric
+            positive definite Hessian).
 
     Returns:
         A decorator that keeps the solver's signature.
@@ -304,7 +305,8 @@ def fixed_point(
     """Give any solver of ``theta = F(theta, *args)`` implicit derivatives in its arguments.
 
     The root of ``T(theta, *args) = theta - F(theta, *args)``: ``A = I - dF/dtheta``, which
-    is not symmetric, so the default linear solver is ``GMRES()``; ``Neumann()`` also applies
+    is not symmetric, so the default linear solver is ``Auto()`` (dense LU while small,
+    GMRES beyond); ``Neumann()`` also applies
     when ``F`` is a contraction. See :func:`implicit_root` for the arguments.
 
     Examples:

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from . import _tree
+from ._auto import Auto
 from ._checks import check_same_layout, floating_leaves
 from ._convergence import report
 from ._fixed_point_methods import Anderson
-from ._gmres import GMRES
 from ._implicit import attach
 from ._inner import InnerMethod, InnerProblem, Solution
 from ._krylov import CG
@@ -178,11 +178,11 @@ def _run(
 
 
 def _default_solve(method: Any, objective: Callable[..., Any]) -> LinearSolveArg:
-    """CG for the Hessian of an unconstrained minimum; GMRES for a constrained method's
-    condition, whose Jacobian is not symmetric."""
+    """The SPD choice (Cholesky / CG) for the Hessian of an unconstrained minimum; the general
+    one (LU / GMRES) for a constrained method's condition, whose Jacobian is not symmetric."""
     if isinstance(method, InnerMethod) and method.optimality(objective) is not None:
-        return GMRES()
-    return CG()
+        return Auto()
+    return Auto(symmetric=True)
 
 
 def solve_fixed_point(
@@ -203,7 +203,8 @@ def solve_fixed_point(
         method: ``Anderson()`` (default), ``FixedPointIteration()``, ``Broyden()`` or
             ``Newton()`` (the last two solve ``x - F(x) = 0``).
         solve: the linear solver of the implicit derivative, for ``A = I - dF/dx``
-            (default ``GMRES()``; ``Neumann()`` suits contractions).
+            (default ``Auto()``: dense LU up to 500 unknowns, GMRES beyond; ``Neumann()``
+            suits contractions).
         implicit: attach implicit derivatives (default). ``False`` returns the raw
             iterate, so autograd differentiates through the iterations instead (unrolled).
 
@@ -229,7 +230,7 @@ def solve_fixed_point(
         init,
         args,
         Anderson() if method is None else method,
-        GMRES() if solve is None else solve,
+        Auto() if solve is None else solve,
         implicit,
     )
 
@@ -251,7 +252,7 @@ def solve_root(
         method: ``Newton()`` (default), ``Broyden()``, or a fixed-point method applied to
             ``x - T(x)``.
         solve: the linear solver of the implicit derivative, for ``A = dT/dx``
-            (default ``GMRES()``).
+            (default ``Auto()``: dense LU up to 500 unknowns, GMRES beyond).
         implicit: see :func:`solve_fixed_point`.
 
     Returns:
@@ -274,7 +275,7 @@ def solve_root(
         init,
         args,
         Newton() if method is None else method,
-        GMRES() if solve is None else solve,
+        Auto() if solve is None else solve,
         implicit,
     )
 
@@ -299,8 +300,9 @@ def minimize(
         method: ``Newton(solve=CG())`` (default, Newton-CG with backtracking on ``L``),
             ``LBFGS()``, ``GradientDescent(step_size=...)``, or, for a constraint
             ``x in C``, ``ProjectedGradient(projection=..., step_size=...)``.
-        solve: the linear solver of the implicit derivative (default ``CG()``; ``GMRES()``
-            for ``ProjectedGradient``, whose condition has a non-symmetric Jacobian).
+        solve: the linear solver of the implicit derivative (default
+            ``Auto(symmetric=True)``: dense Cholesky up to 500 unknowns, CG beyond;
+            ``Auto()`` for ``ProjectedGradient``, whose condition has a non-symmetric Jacobian).
         implicit: see :func:`solve_fixed_point`.
 
     Returns:
@@ -354,8 +356,9 @@ def least_squares(
         method: ``LevenbergMarquardt()`` (default), ``GaussNewton()``, or any method of
             :func:`minimize` (``LBFGS()``, ``Newton()``, ``ProjectedGradient(...)``) applied
             to ``0.5 ||r||^2``.
-        solve: the linear solver of the implicit derivative (default ``CG()``; ``GMRES()``
-            for a constrained method).
+        solve: the linear solver of the implicit derivative (default
+            ``Auto(symmetric=True)``: dense Cholesky up to 500 unknowns, CG beyond;
+            ``Auto()`` for a constrained method).
         implicit: see :func:`solve_fixed_point`.
 
     Returns:

@@ -162,10 +162,16 @@ class IterativeSolver(LinearSolverBase):
         maxiter: iteration cap; ``None`` means ``max(10 * size, 100)`` for a problem of
             ``size`` unknowns. It is also the trip count under ``torch.compile``.
         preconditioner: ``v -> M v`` with ``M`` approximating ``(A + ridge I)^{-1}``.
+        check_every: how often the loop reads on the host whether every (``vmap``) element
+            has converged, to stop early: every iteration (``1``, the default), every
+            ``k``-th, or never (``None``: exactly ``maxiter`` iterations, no host
+            synchronization inside the loop, for GPUs; give it a small ``maxiter``).
+            Converged elements are frozen either way, so results do not depend on it.
     """
 
     maxiter: int | None = None
     preconditioner: Callable[[Any], Any] | None = None
+    check_every: int | None = 1
 
     applies_operator_only: ClassVar[bool] = True
 
@@ -177,6 +183,15 @@ class IterativeSolver(LinearSolverBase):
         ):
             raise ValueError(
                 f"{owner}: maxiter must be a positive int or None; received {self.maxiter!r}."
+            )
+        if self.check_every is not None and (
+            isinstance(self.check_every, bool)
+            or not isinstance(self.check_every, int)
+            or self.check_every < 1
+        ):
+            raise ValueError(
+                f"{owner}: check_every must be a positive int or None; "
+                f"received {self.check_every!r}."
             )
         if self.preconditioner is not None and not callable(self.preconditioner):
             raise TypeError(
@@ -387,7 +402,8 @@ def as_linear_solver(solve: object, call: str) -> LinearSolverBase:
     """The linear solver that ``solve=`` names, for every entry point that takes one.
 
     A library solver (a :class:`LinearSolverBase`) is returned unchanged; ``None`` gives
-    the default ``GMRES()``; a plain callable ``solve(matvec, b) -> x`` or an object
+    the default :class:`funcimplicit.Auto` (dense LU while small, GMRES beyond); a plain
+    callable ``solve(matvec, b) -> x`` or an object
     following :class:`funcimplicit.LinearSolver` is wrapped in a :class:`CallableSolver`,
     which judges its answer by the true residual. Anything else is a ``TypeError`` naming
     ``call``.
@@ -395,9 +411,9 @@ def as_linear_solver(solve: object, call: str) -> LinearSolverBase:
     if isinstance(solve, LinearSolverBase):
         return solve
     if solve is None:
-        from ._gmres import GMRES  # the default; _gmres imports this module
+        from ._auto import Auto  # the default; _auto imports this module
 
-        return GMRES()
+        return Auto()
     expected = (
         "a linear solver (a library solver such as fi.CG() or fi.GMRES(), an object "
         "following fi.LinearSolver, or a callable solve(matvec, b) -> x)"

@@ -18,7 +18,7 @@ from scripts import run_script
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900  # about 80 s on a quiet 2-core machine; this only stops a hang
 # The sections --quick runs by default ("inner" and "compiled" take minutes: left out).
-QUICK_SECTIONS = ["ridge", "logistic", "imaml", "deq", "linear", "overhead"]
+QUICK_SECTIONS = ["ridge", "logistic", "imaml", "deq", "linear", "overhead", "auto"]
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ USER_SOLVES = [cg_solve, dense_solve, gmres_with_init]
 def test_library_solvers_pass_unchanged() -> None:
     for solver in (fi.CG(), fi.GMRES(restart=3), fi.LU(), fi.NormalCG(), fi.Neumann()):
         assert as_linear_solver(solver, "call") is solver
-    assert isinstance(as_linear_solver(None, "call"), fi.GMRES)
+    assert isinstance(as_linear_solver(None, "call"), fi.Auto)  # the default (was GMRES)
     assert isinstance(as_linear_solver(cg_solve, "call"), CallableSolver)
     adapter = as_linear_solver(Counting(fi.CG(), on_failure="raise"), "call")
     assert isinstance(adapter, CallableSolver)

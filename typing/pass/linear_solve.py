@@ -61,6 +61,7 @@ solvers: list[fi.LinearSolver] = [
     fi.Neumann(preconditioner=lambda r: r / 5.0, maxiter=500),
     fi.LU(),
     fi.Cholesky(),
+    fi.Auto(),
 ]
 for solver in solvers:
     result = solver.run(matvec, b)

@@ -14,6 +14,7 @@ linear: list[fi.LinearSolver] = [
     fi.Neumann(),
     fi.LU(),
     fi.Cholesky(),
+    fi.Auto(),
 ]
 inner: list[fi.InnerSolver] = [
     fi.FixedPointIteration(),

@@ -34,6 +34,8 @@ assert_type(fi.BiCGStab()(matvec, b), torch.Tensor)
 assert_type(fi.Neumann()(matvec, b), torch.Tensor)
 assert_type(fi.LU()(matvec, b), torch.Tensor)
 assert_type(fi.Cholesky(ridge=1e-3)(matvec, b), torch.Tensor)
+assert_type(fi.Auto(symmetric=True)(matvec, b), torch.Tensor)
+assert_type(fi.Auto(max_dense=0, check_every=None).run(matvec, b).solution, torch.Tensor)
 assert_type(fi.GMRES()(lambda v: v, pair), tuple[torch.Tensor, torch.Tensor])
 
 result = fi.GMRES().run(matvec, b)
