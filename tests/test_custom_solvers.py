@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import funcimplicit as fi
-from funcimplicit._solver_base import CallableSolver, as_linear_solver
+from funcimplicit._linear.adapter import CallableSolver, as_linear_solver
 
 F64 = torch.float64
 

@@ -20,8 +20,8 @@ import optree
 import torch
 from torch import nn
 
-from . import _tree
-from ._checks import is_transformed
+from .._core import tree as _tree
+from .._core.compat import is_transformed
 
 __all__ = [
     "Functional",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from optree import PyTreeSpec
 
-from . import _tree
+from . import tree as _tree
+from .compat import active_transforms, forward_ad_level, is_compiling
 
 RuleT = TypeVar("RuleT", bound=Callable[..., Any])
 
@@ -17,18 +17,10 @@ __all__ = [
     "check_same_layout",
     "derivatives_possible",
     "floating_leaves",
-    "is_transformed",
     "may_mutate",
-    "never_compiled",
     "refuse_forward_over_forward",
     "refuse_whole_graph_trace",
-    "without_saved_tensor_hooks",
 ]
-
-
-def is_transformed(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is wrapped by a ``torch.func`` transform (vmap, grad, jvp)."""
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))
 
 
 def floating_leaves(tree: Any, call: str, name: str) -> tuple[list[torch.Tensor], PyTreeSpec]:
@@ -87,25 +79,6 @@ def check_same_layout(
             )
 
 
-def _active_transforms() -> list[str]:
-    """Names of the active ``torch.func`` transforms, outermost first (private API, guarded)."""
-    names = active_transforms()
-    return [] if names is None else names
-
-
-def active_transforms() -> list[str] | None:
-    """Like :func:`_active_transforms`, but ``None`` when the private API cannot be read."""
-    try:
-        from torch._functorch import pyfunctorch
-
-        return [
-            str(interpreter.key()).rsplit(".", 1)[-1]
-            for interpreter in pyfunctorch.retrieve_all_functorch_interpreters()
-        ]
-    except Exception:  # the private API moved: unknown
-        return None
-
-
 def derivatives_possible() -> bool:
     """Whether anything may differentiate the code running now.
 
@@ -113,9 +86,9 @@ def derivatives_possible() -> bool:
     forward-mode dual level (e.g. inside a classic ``.backward()`` without
     ``create_graph``); then a solve may skip its differentiable rule.
     """
-    if torch.is_grad_enabled() or torch.autograd.forward_ad._current_level >= 0:
+    if torch.is_grad_enabled() or forward_ad_level() >= 0:
         return True
-    if torch.compiler.is_compiling():
+    if is_compiling():
         return True
     names = active_transforms()
     return names is None or bool(names)
@@ -129,50 +102,12 @@ def may_mutate(*tensors: torch.Tensor) -> bool:
     ``tensors`` requiring grad. Elsewhere autograd could have saved a buffer for a backward
     pass, so updates stay out of place.
     """
-    if torch.autograd.forward_ad._current_level >= 0 or torch.compiler.is_compiling():
+    if forward_ad_level() >= 0 or is_compiling():
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     names = active_transforms()
     return names is not None and all(name == "Vmap" for name in names)
-
-
-def never_compiled(rule: RuleT) -> RuleT:
-    """Keep ``torch.compile`` out of a derivative rule of an ``autograd.Function``.
-
-    ``torch.compile(torch.func.grad(f))`` or ``torch.compile(torch.func.jvp(...))`` over an
-    implicit function falls back to eager for the transform on torch 2.13, but keeps compiling
-    every Python frame it calls, including the custom ``backward``/``jvp`` rule, whose
-    inputs are then functorch-wrapped tensors that AOTAutograd cannot take ("Cannot access
-    storage of TensorWrapper"). Run eagerly, the rule is correct under every transform; a
-    rule never runs inside a compiled graph anyway (dynamo breaks the graph at the
-    Function), so nothing is lost.
-    """
-    return cast(RuleT, torch.compiler.disable(rule))  # type: ignore[no-untyped-call]
-
-
-@contextlib.contextmanager
-def without_saved_tensor_hooks() -> Iterator[None]:
-    """Set aside the active ``saved_tensors_hooks`` (e.g. ``save_on_cpu``) for a moment.
-
-    ``torch.func.grad``/``vjp`` refuse to run while such hooks are active, and the implicit
-    rule evaluates the optimality function (which may call them) in the forward pass. The
-    tensors that evaluation saves skip the user's hooks; they are a few solution-sized ones.
-    Private API (``torch._C._autograd``), guarded: where it is missing, nothing changes.
-    """
-    autograd = torch._C._autograd
-    hooks: list[Any] = []
-    try:
-        while (top := autograd._top_saved_tensors_default_hooks(False)) is not None:
-            hooks.append(top)
-            autograd._pop_saved_tensors_default_hooks()
-    except Exception:  # the private API moved: leave the hooks as they are
-        pass
-    try:
-        yield
-    finally:
-        for pack, unpack in reversed(hooks):
-            autograd._push_saved_tensors_default_hooks(pack, unpack)
 
 
 def refuse_whole_graph_trace(problem: object, expected: type, call: str) -> None:
@@ -200,7 +135,7 @@ def refuse_forward_over_forward(call: str) -> None:
     any ``autograd.Function`` gives wrong second derivatives (pytorch issue 197867); the
     other orders are exact.
     """
-    if _active_transforms().count("Jvp") >= 2:
+    if (active_transforms() or []).count("Jvp") >= 2:
         raise NotImplementedError(
             f"{call}: forward-over-forward differentiation (jacfwd(jacfwd(...)) or a jvp of a "
             "jvp) through an implicit function gives wrong second derivatives on this torch "

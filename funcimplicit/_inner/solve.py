@@ -14,20 +14,20 @@ from typing import Any
 
 import torch
 
-from . import _tree
-from ._checks import check_same_layout, floating_leaves
-from ._convergence import report
-from ._fixed_point_methods import Anderson
-from ._gmres import GMRES
-from ._implicit import attach
-from ._inner import InnerMethod, InnerProblem, Solution
-from ._krylov import CG
-from ._least_squares import CheckedResidual, LevenbergMarquardt, SumOfSquares
-from ._protocols import LinearSolveArg
-from ._root import _FixedPointResidual
-from ._root_methods import Newton
-from ._solver_base import as_linear_solver
-from ._tree import TreeT
+from .._core import tree as _tree
+from .._core.checks import check_same_layout, floating_leaves
+from .._core.result import report
+from .._core.tree import TreeT
+from .._linear.adapter import as_linear_solver
+from .._linear.base import LinearSolveArg
+from .._linear.cg import CG
+from .._linear.gmres import GMRES
+from .._rules.decorators import _FixedPointResidual
+from .._rules.root import attach
+from .base import InnerMethod, InnerProblem, Solution
+from .fixed_point import Anderson
+from .least_squares import CheckedResidual, LevenbergMarquardt, SumOfSquares
+from .newton import Newton
 
 __all__ = ["least_squares", "minimize", "solve_fixed_point", "solve_root"]
 

@@ -6,17 +6,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar, Generic, Protocol
 
 import torch
-import torch.utils._pytree
 
-from . import _tree
-from ._convergence import ON_FAILURE_CHOICES, OnFailure
-from ._solver_base import default_rtol
-from ._tree import TensorTree, TreeT
+from .._core import tree as _tree
+from .._core.compat import register_dataclass
+from .._core.result import ON_FAILURE_CHOICES, OnFailure
+from .._core.tree import TensorTree, TreeT
+from .._linear.base import default_rtol
 
-__all__ = ["InnerMethod", "InnerProblem", "Solution", "Status", "classify"]
+__all__ = ["InnerSolver", "InnerMethod", "InnerProblem", "Solution", "Status", "classify"]
 
 
 class Status(enum.IntEnum):
@@ -51,7 +51,7 @@ class Solution(Generic[TreeT]):
     status: torch.Tensor
 
 
-torch.utils._pytree.register_dataclass(Solution)
+register_dataclass(Solution)
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,3 +165,28 @@ class InnerMethod:
     def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
         """Solve ``problem`` from ``init`` (no derivatives attached here)."""
         raise NotImplementedError
+
+
+class InnerSolver(Protocol):
+    """Finds a fixed point, root or minimum of an inner problem, from ``init``.
+
+    ``run`` receives the problem in every form (``problem.fixed_point``, ``problem.root``,
+    ``problem.objective``, ``problem.finished``) and returns a :class:`~funcimplicit.Solution`
+    shaped like ``init``; derivatives are attached by the caller, not by ``run``.
+    """
+
+    @property
+    def on_failure(self) -> OnFailure:
+        """``"warn"``, ``"raise"`` or ``"ignore"`` when an element does not converge."""
+        ...
+
+    @property
+    def failure_hint(self) -> str:
+        """Advice appended to a non-convergence message."""
+        ...
+
+    def tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
+        """``(rtol, atol)`` for iterates of ``dtype``."""
+        ...
+
+    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]: ...

@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from . import _tree
-from ._convergence import LinearSolveResult
-from ._solver_base import LinearSolverBase, Operator, finish
-from ._tree import TensorTree
+from .._core import tree as _tree
+from .._core.result import LinearSolveResult
+from .._core.tree import TensorTree
+from .base import LinearSolverBase, Operator, finish
 
 __all__ = ["LU", "Cholesky", "materialize"]
 

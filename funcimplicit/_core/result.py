@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Generic, Literal, Protocol
 
 import torch
-import torch.utils._pytree
 
-from ._loop import physical
-from ._tree import TreeT
+from .compat import physical, register_dataclass
+from .tree import TreeT
 
 __all__ = [
     "ConvergenceError",
@@ -61,7 +60,7 @@ class LinearSolveResult(Generic[TreeT]):
 
 
 # A pytree node, so results can be returned from ``vmap``-ed functions.
-torch.utils._pytree.register_dataclass(LinearSolveResult)
+register_dataclass(LinearSolveResult)
 
 
 class Statistics(Protocol):

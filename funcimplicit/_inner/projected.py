@@ -18,11 +18,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from . import _tree
-from ._checks import check_same_layout
-from ._inner import InnerMethod, InnerProblem, Solution, classify
-from ._loop import iterate
-from ._tree import TreeT
+from .._core import tree as _tree
+from .._core.checks import check_same_layout
+from .._core.loop import iterate
+from .._core.tree import TreeT
+from .base import InnerMethod, InnerProblem, Solution, classify
 
 __all__ = ["ProjectedGradient"]
 

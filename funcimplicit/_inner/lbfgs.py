@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from . import _tree
-from ._inner import InnerMethod, InnerProblem, Solution, classify
-from ._loop import ALL_DONE, iterate, progress, safe_div
-from ._tree import TreeT
+from .._core import tree as _tree
+from .._core.loop import ALL_DONE, iterate, progress, safe_div
+from .._core.tree import TreeT
+from .base import InnerMethod, InnerProblem, Solution, classify
 
 __all__ = ["LBFGS", "armijo"]
 

@@ -15,21 +15,23 @@ from typing import Any
 
 import torch
 
-from . import _func, _tree
-from ._checks import (
+from .._core import func as _func
+from .._core import tree as _tree
+from .._core.checks import (
     check_same_layout,
     derivatives_possible,
     floating_leaves,
-    never_compiled,
     refuse_forward_over_forward,
     refuse_whole_graph_trace,
 )
-from ._convergence import LinearSolveResult, report
-from ._krylov import CG, NormalCG
-from ._packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
-from ._protocols import LinearSolveArg
-from ._solver_base import LinearSolverBase, as_linear_solver, default_rtol, rounding_slack
-from ._tree import TensorTree, TreeT
+from .._core.compat import never_compiled
+from .._core.result import LinearSolveResult, report
+from .._core.tree import TensorTree, TreeT
+from .._linear.adapter import as_linear_solver
+from .._linear.base import LinearSolveArg, LinearSolverBase, default_rtol, rounding_slack
+from .._linear.cg import CG
+from .._linear.normal import NormalCG
+from .packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
 
 __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
 
@@ -359,7 +361,7 @@ def _solve_attached(
     label: str,
 ) -> Any:
     """Solve without derivatives, then attach them by the implicit rule of ``T = A x - b``."""
-    from ._implicit import attach
+    from .root import attach
 
     plain_b = _tree.map_leaves(torch.Tensor.detach, b)
     plain_args = tuple(

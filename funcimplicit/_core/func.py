@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from . import _tree
+from . import tree as _tree
+from .compat import active_transforms, forward_ad_level, physical
 
 __all__ = ["jvp", "linearize", "pullback", "vjp"]
 
@@ -23,11 +24,9 @@ def _classic_forward_ad_active() -> bool:
 
     ``torch.func.jvp`` cannot nest inside it ("Nested forward mode AD is not supported").
     """
-    if torch.autograd.forward_ad._current_level < 0:
+    if forward_ad_level() < 0:
         return False
-    from ._checks import _active_transforms
-
-    return "Jvp" not in _active_transforms()
+    return "Jvp" not in (active_transforms() or [])
 
 
 def jvp(
@@ -72,8 +71,7 @@ def pullback(
     ``torch.func.vjp``'s pullback does (measured ~25 % cheaper per product on a 100-d ridge
     problem). Elsewhere it is ``torch.func.vjp``'s pullback.
     """
-    from ._checks import derivatives_possible
-    from ._loop import physical
+    from .checks import derivatives_possible
 
     leaves, spec = _tree.flatten(primal)
     # Plain tensors only: a legacy-vmap batched tensor (autograd.functional's vectorize=True)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from optree import PyTreeSpec
 
-from . import _tree
+from .._core import tree as _tree
 
 __all__ = ["ArgsLayout", "TensorPool", "TreeLayout", "save_inputs_and_outputs"]
 

@@ -3,7 +3,7 @@
 After the user's ``solve(*data)`` has run any inner loop, the module's inner parameters are
 replaced by tensors carrying implicit derivatives (``attach``, the rule behind
 ``implicit_root``) with respect to the meta-parameters and the data. The optimality condition
-is evaluated on a structural snapshot with ``torch.func.functional_call`` (see ``_nn_state``).
+is evaluated on a structural snapshot with ``torch.func.functional_call`` (see ``state.py``).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from . import _nn_state as state
-from ._checks import floating_leaves
-from ._gmres import GMRES
-from ._implicit import attach
-from ._krylov import CG
-from ._nn_state import Functional as Functional
-from ._protocols import LinearSolveArg
-from ._solver_base import LinearSolverBase, as_linear_solver
+from .._core.checks import floating_leaves
+from .._linear.adapter import as_linear_solver
+from .._linear.base import LinearSolveArg, LinearSolverBase
+from .._linear.cg import CG
+from .._linear.gmres import GMRES
+from .._rules.root import attach
+from . import state
+from .state import Functional as Functional
 
 __all__ = ["Functional", "ImplicitMetaGradientModule"]
 

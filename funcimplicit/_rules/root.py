@@ -1,5 +1,5 @@
-"""The implicit rule for a root ``T(theta*, args) = 0``: ``root_vjp``, ``root_jvp``, and
-``attach``, which gives any solution its implicit derivatives.
+"""The implicit rule for a root ``T(theta*, args) = 0``: ``attach``, which gives any solution
+its implicit derivatives (``root_vjp`` and ``root_jvp`` as plain functions: ``derivatives.py``).
 
 Differentiating ``T(theta*(a), a) = 0`` gives ``A dtheta* = -B da`` with ``A = dT/dtheta``
 and ``B = dT/da`` at the solution. ``attach`` evaluates ``z = T(theta*, args)`` once, at the
@@ -28,236 +28,35 @@ from typing import Any
 
 import torch
 
-from . import _func, _tree
-from ._checks import (
+from .._core import func as _func
+from .._core import tree as _tree
+from .._core.checks import (
     check_same_layout,
     derivatives_possible,
-    is_transformed,
-    never_compiled,
     refuse_forward_over_forward,
     refuse_whole_graph_trace,
+)
+from .._core.compat import (
+    differentiating_levels,
+    forward_ad_level,
+    is_compiling,
+    is_transformed,
+    never_compiled,
+    physical,
+    transform_levels,
     without_saved_tensor_hooks,
 )
-from ._convergence import ConvergenceError, ConvergenceWarning
-from ._linear_solve import LinearProblem, solve_tree
-from ._loop import physical
-from ._packing import ArgsLayout, TensorPool, TreeLayout
-from ._protocols import LinearSolveArg
-from ._solver_base import LinearSolverBase, as_linear_solver
-from ._tree import TensorTree, TreeT
+from .._core.result import ConvergenceError, ConvergenceWarning
+from .._linear.base import LinearSolverBase
+from .derivatives import check_finite, forward_solve, transposed_solve
+from .linear import solve_tree
+from .packing import ArgsLayout, TensorPool, TreeLayout
 
-__all__ = ["RootProblem", "attach", "root_jvp", "root_vjp"]
-
-
-def _jacobian_matvec(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # s -> A s = d/de T(theta + e s, args) at e = 0
-    def matvec(s: Any, theta: Any, *args: Any) -> Any:
-        return _func.jvp(lambda th: fn(th, *args), (theta,), (s,))[1]
-
-    return matvec
-
-
-def _jacobian_t_matvec(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # u -> A^T u, the VJP of T in theta with cotangent u
-    def matvec(u: Any, theta: Any, *args: Any) -> Any:
-        return _func.vjp(lambda th: fn(th, *args), theta)[1](u)[0]
-
-    return matvec
-
-
-def _jacobian_linearize(fn: Callable[..., Any]) -> Callable[..., Callable[[Any], Any]]:
-    # s -> A s, set up once per solve (see _func.linearize); always differentiable
-    def linearize(theta: Any, *args: Any, differentiable: bool = True) -> Callable[[Any], Any]:
-        return _func.linearize(lambda th: fn(th, *args), theta)
-
-    return linearize
-
-
-def _jacobian_t_linearize(fn: Callable[..., Any]) -> Callable[..., Callable[[Any], Any]]:
-    # The VJP's forward pass (T at the solution) runs once per solve, not once per iteration.
-    def linearize(theta: Any, *args: Any, differentiable: bool = True) -> Callable[[Any], Any]:
-        return _func.pullback(lambda th: fn(th, *args), theta, differentiable=differentiable)
-
-    return linearize
-
-
-def _transposed_solve(fn: Callable[..., Any], solve: LinearSolverBase, label: str) -> LinearProblem:
-    return LinearProblem(
-        _jacobian_t_matvec(fn),
-        solve,
-        f"{label} (the linear solve A^T u = v of the backward pass)",
-        linearize=_jacobian_t_linearize(fn),
-    )
-
-
-def _forward_solve(fn: Callable[..., Any], solve: LinearSolverBase, label: str) -> LinearProblem:
-    return LinearProblem(
-        _jacobian_matvec(fn),
-        solve,
-        f"{label} (the linear solve A s = -dz of forward mode)",
-        linearize=_jacobian_linearize(fn),
-    )
-
-
-def _check_finite(tree: TensorTree, message: str) -> None:
-    """Raise ``ValueError(message)`` if ``tree`` holds NaN/Inf (eager only; no-op in compile)."""
-    for leaf in _tree.flatten(tree)[0]:
-        plain = physical(leaf)
-        if plain is not None and not bool(torch.isfinite(plain).all()):
-            raise ValueError(message)
-
-
-def _split_tensors(args: Sequence[Any]) -> tuple[list[Any], Any, list[int]]:
-    """Leaves of ``args``, their spec, and the positions of tensor leaves (one per position,
-    even where one tensor object fills several)."""
-    leaves, spec = _tree.flatten(tuple(args))
-    return leaves, spec, [k for k, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
-
-
-def _with_values(
-    leaves: list[Any], spec: Any, positions: Sequence[int], values: Sequence[Any]
-) -> Any:
-    local = list(leaves)
-    for k, value in zip(positions, values, strict=True):
-        local[k] = value
-    return tuple(_tree.unflatten(spec, local))
-
-
-def root_vjp(
-    optimality_fn: Callable[..., TensorTree],
-    solution: TreeT,
-    args: Sequence[Any],
-    cotangent: TreeT,
-    *,
-    solve: LinearSolveArg = None,
-) -> tuple[Any, ...]:
-    """Reverse-mode derivative of a root: ``v^T dtheta*/dargs`` for each argument.
-
-    With ``A = dT/dtheta`` and ``B = dT/dargs`` at ``T(solution, *args) = 0``, solves
-    ``A^T u = v`` and returns ``-B^T u``, split per argument: each position gets its own
-    gradient, also where one tensor object is passed in several positions.
-
-    Args:
-        optimality_fn: ``T(theta, *args)``, a pytree shaped like ``theta``.
-        solution: ``theta*`` with ``T(theta*, *args) = 0``.
-        args: the arguments of ``T``; tensor leaves get gradients.
-        cotangent: ``v``, shaped like ``solution``.
-        solve: the linear solver for ``A^T u = v``; defaults to ``GMRES()``.
-
-    Returns:
-        One pytree per argument, shaped like it, with ``None`` at non-tensor leaves.
-
-    Examples:
-        >>> import torch, funcimplicit as fi
-        >>> def T(x, a):  # root x* = a / 2
-        ...     return 2 * x - a
-        >>> a = torch.tensor([1.0, 4.0], dtype=torch.float64)
-        >>> fi.root_vjp(T, a / 2, (a,), torch.ones(2, dtype=torch.float64))
-        (tensor([0.5000, 0.5000], dtype=torch.float64),)
-    """
-
-    label = "root_vjp(optimality_fn, solution, args, cotangent)"
-    solver = as_linear_solver(solve, label)
-    leaves, spec, positions = _split_tensors(args)
-    out, pullback = _func.vjp(
-        lambda *values: optimality_fn(solution, *_with_values(leaves, spec, positions, values)),
-        *[leaves[k] for k in positions],
-    )
-    check_same_layout(out, solution, label, "optimality_fn(solution, *args)", "the solution")
-    _check_finite(
-        cotangent,
-        f"{label}: the cotangent of the solution contains NaN or Inf; the outer loss or "
-        "its gradient is not finite.",
-    )
-    u = solve_tree(_transposed_solve(optimality_fn, solver, label), cotangent, (solution, *args))
-    grads = pullback(_tree.scale(-1.0, u))
-    result: list[Any] = [None] * len(leaves)
-    for k, g in zip(positions, grads, strict=True):
-        result[k] = g
-    return tuple(_tree.unflatten(spec, result))
-
-
-def root_jvp(
-    optimality_fn: Callable[..., TensorTree],
-    solution: TreeT,
-    args: Sequence[Any],
-    tangents: Sequence[Any],
-    *,
-    solve: LinearSolveArg = None,
-) -> TreeT:
-    """Forward-mode derivative of a root: ``dtheta*/dargs . tangents``.
-
-    Solves ``A s = -B t`` with ``A = dT/dtheta`` and ``B t`` the JVP of ``T`` in its
-    arguments along ``tangents``; each position's tangent counts, also where one tensor
-    object is passed in several positions.
-
-    Args:
-        optimality_fn: ``T(theta, *args)``, a pytree shaped like ``theta``.
-        solution: ``theta*`` with ``T(theta*, *args) = 0``.
-        args: the arguments of ``T``.
-        tangents: one tangent pytree per argument, shaped like it (tensor leaves only).
-        solve: the linear solver for ``A s = -B t``; defaults to ``GMRES()``.
-
-    Returns:
-        The tangent of the solution, shaped like ``solution``.
-
-    Examples:
-        >>> import torch, funcimplicit as fi
-        >>> def T(x, a):  # root x* = a / 2
-        ...     return 2 * x - a
-        >>> a = torch.tensor([1.0, 4.0], dtype=torch.float64)
-        >>> fi.root_jvp(T, a / 2, (a,), (torch.ones(2, dtype=torch.float64),))
-        tensor([0.5000, 0.5000], dtype=torch.float64)
-    """
-
-    label = "root_jvp(optimality_fn, solution, args, tangents)"
-    if len(tangents) != len(args):
-        raise ValueError(
-            f"{label}: expected one tangent per argument ({len(args)}); received {len(tangents)}."
-        )
-    solver = as_linear_solver(solve, label)
-    leaves, spec, positions = _split_tensors(args)
-    tangent_leaves = _tree.flatten(tuple(tangents))[0]
-    if len(tangent_leaves) == len(leaves):  # one tangent per leaf: those of tensors count
-        tensor_tangents = [tangent_leaves[k] for k in positions]
-    elif len(tangent_leaves) == len(positions):  # tangents for the tensor leaves only
-        tensor_tangents = list(tangent_leaves)
-    else:
-        raise ValueError(
-            f"{label}: expected tangents shaped like args ({len(leaves)} leaves, "
-            f"{len(positions)} of them tensors); received {len(tangent_leaves)} leaves."
-        )
-    out, b_t = _func.jvp(
-        lambda *values: optimality_fn(solution, *_with_values(leaves, spec, positions, values)),
-        tuple(leaves[k] for k in positions),
-        tuple(tensor_tangents),
-    )
-    check_same_layout(out, solution, label, "optimality_fn(solution, *args)", "the solution")
-    return solve_tree(  # type: ignore[no-any-return]
-        _forward_solve(optimality_fn, solver, label), _tree.scale(-1.0, b_t), (solution, *args)
-    )
+__all__ = ["RootProblem", "attach"]
 
 
 # ---------------------------------------------------------------------------------------------
 # What a callback touches, and when a second derivative can flow.
-
-
-def _levels() -> list[tuple[str, int]] | None:
-    """The active ``torch.func`` transforms as ``(kind, level)``, outermost first; ``None``
-    where the private API cannot be read (see ``_checks.active_transforms``)."""
-    try:
-        from torch._functorch import pyfunctorch
-
-        return [
-            (str(i.key()).rsplit(".", 1)[-1], int(i.level()))
-            for i in pyfunctorch.retrieve_all_functorch_interpreters()
-        ]
-    except Exception:  # the private API moved: unknown
-        return None
-
-
-def _differentiating(levels: list[tuple[str, int]]) -> list[int]:
-    return [level for kind, level in levels if kind in ("Grad", "Jvp")]
 
 
 def _captured(outputs: Sequence[torch.Tensor], explicit: Sequence[torch.Tensor]) -> list[str]:
@@ -287,7 +86,7 @@ def _captured(outputs: Sequence[torch.Tensor], explicit: Sequence[torch.Tensor])
 
 
 def _carries_derivatives(tensors: Sequence[torch.Tensor]) -> bool:
-    if torch.autograd.forward_ad._current_level >= 0:
+    if forward_ad_level() >= 0:
         return True
     return any(t.requires_grad or is_transformed(t) for t in tensors)
 
@@ -312,10 +111,10 @@ class RootProblem:
 
     def second_order(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Whether what the rule computes now may itself be differentiated."""
-        levels = _levels()
+        levels = transform_levels()
         if levels is None:
             return True
-        others = [lv for lv in _differentiating(levels) if lv != self.level]
+        others = [lv for lv in differentiating_levels(levels) if lv != self.level]
         if others:
             return True
         if self.level is not None:
@@ -369,7 +168,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
             problem.solution.spec,
             [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs, strict=True)],
         )
-        _check_finite(
+        check_finite(
             v,
             f"{problem.label}: the cotangent of the solution contains NaN or Inf; the outer "
             "loss or its gradient is not finite.",
@@ -383,7 +182,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
         # Function: that forward runs below the current torch.func level, where a tensor T
         # captured from that level cannot be read (a torch INTERNAL ASSERT under vmap(grad)).
         u = solve_tree(
-            _transposed_solve(problem.optimality_fn, problem.solve, problem.label),
+            transposed_solve(problem.optimality_fn, problem.solve, problem.label),
             v,
             (solution, *args),
             differentiable=second or not problem.captured,
@@ -443,7 +242,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
         elif second:
             problem.refuse_captured()
         s = solve_tree(
-            _forward_solve(problem.optimality_fn, problem.solve, problem.label),
+            forward_solve(problem.optimality_fn, problem.solve, problem.label),
             rhs,
             (solution, *args),
             differentiable=second or not problem.captured,
@@ -468,7 +267,7 @@ def _root_check(z: Any, solution: Any, label: str, on_failure: str) -> None:
     6e-6 in float64, 5e-3 in float32) passes any solve run to its usual tolerances and catches
     a solver that stopped far from a root or returned the wrong point.
     """
-    if on_failure == "ignore" or torch.compiler.is_compiling():
+    if on_failure == "ignore" or is_compiling():
         return
     z_leaves = [physical(t) for t in _tree.flatten(z)[0]]
     x_leaves = [physical(t) for t in _tree.flatten(solution)[0]]
@@ -543,7 +342,7 @@ def attach(
             check_same_layout(z, x, label, "optimality_fn(solution, *args)", "the solution")
             _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
         return x
-    if torch.compiler.is_compiling():
+    if is_compiling():
         z = optimality_fn(x, *args)
     else:
         with without_saved_tensor_hooks():
@@ -551,7 +350,7 @@ def attach(
     check_same_layout(z, x, label, "optimality_fn(solution, *args)", "the solution")
     if check_root:
         _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
-    if not torch.compiler.is_compiling() and not _carries_derivatives(_tree.flatten(z)[0]):
+    if not is_compiling() and not _carries_derivatives(_tree.flatten(z)[0]):
         return x
     return _apply_rule(optimality_fn, solve, label, z, x, args, chosen)
 
@@ -585,14 +384,14 @@ def _apply_rule(
             if isinstance(leaf, torch.Tensor):
                 marked.add(pool.add(leaf))
                 explicit.append(leaf)
-    if torch.compiler.is_compiling():
+    if is_compiling():
         # Neither the transform stack nor z's graph can be read while dynamo traces.
         levels: list[tuple[str, int]] = []
         captured = ["whatever it reaches (not inspectable under torch.compile)"]
     else:
-        levels = _levels() or []
+        levels = transform_levels() or []
         captured = _captured(z_leaves, explicit)
-    differentiating = _differentiating(levels)
+    differentiating = differentiating_levels(levels)
     problem = RootProblem(
         optimality_fn,
         solve,

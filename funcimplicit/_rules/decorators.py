@@ -9,12 +9,12 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import torch
 
-from . import _tree
-from ._checks import check_same_layout, floating_leaves
-from ._implicit import attach
-from ._protocols import LinearSolveArg
-from ._solver_base import LinearSolverBase, as_linear_solver
-from ._tree import TensorTree, TreeT
+from .._core import tree as _tree
+from .._core.checks import check_same_layout, floating_leaves
+from .._core.tree import TensorTree, TreeT
+from .._linear.adapter import as_linear_solver
+from .._linear.base import LinearSolveArg, LinearSolverBase
+from .root import attach
 
 __all__ = ["fixed_point", "implicit_root"]
 
@@ -181,9 +181,9 @@ def _has_tensors(tree: Any) -> bool:
 
 
 def _check_solution_finite(solution: Any, label: str) -> None:
-    from ._implicit import _check_finite
+    from .derivatives import check_finite
 
-    _check_finite(
+    check_finite(
         solution,
         f"{label}: the solver returned a solution containing NaN or Inf, so it has no "
         "implicit derivative. Check the solver's convergence (step size, iterations).",

@@ -3,7 +3,7 @@
 Every loop keeps its per-element state as tensors and freezes an element once it is done
 (``torch.where`` with its flag), so extra iterations never change a finished element. The
 only host read is :func:`all_true`, which decides when the whole batch may stop: it looks
-at the physical tensor beneath any ``torch.func`` wrappers (a private functorch API, guarded)
+at the physical tensor beneath any ``torch.func`` wrappers (``compat.physical``, guarded)
 and answers ``False`` whenever it cannot look, which falls back to the full trip count.
 """
 
@@ -14,30 +14,10 @@ from typing import Any
 
 import torch
 
-from . import _tree
+from . import tree as _tree
+from .compat import physical
 
-__all__ = ["all_true", "iterate", "physical", "progress", "safe_div", "safe_sqrt"]
-
-
-def physical(tensor: torch.Tensor) -> torch.Tensor | None:
-    """The plain tensor beneath all ``torch.func`` wrappers, or ``None`` when unreachable.
-
-    Under ``vmap`` it holds every batch element, so reductions over it see the whole batch.
-    Under ``torch.compile`` nothing may be read on the host, so the answer is ``None``.
-    """
-    if torch.compiler.is_compiling():
-        return None
-    try:
-        functorch = torch._C._functorch
-        while functorch.is_functorch_wrapped_tensor(tensor):
-            tensor = functorch.get_unwrapped(tensor)
-        if functorch.is_legacy_batchedtensor(tensor):  # torch._vmap_internals: cannot look
-            return None
-        if tensor.device.type == "meta":
-            return None
-        return tensor
-    except Exception:  # private API changed: treat as unknown, loops run their full count
-        return None
+__all__ = ["all_true", "iterate", "progress", "safe_div", "safe_sqrt"]
 
 
 def all_true(flag: torch.Tensor) -> bool:

@@ -18,12 +18,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import _func, _tree
-from ._checks import check_same_layout, floating_leaves
-from ._convergence import LinearSolveResult, report
-from ._implicit import _check_finite
-from ._protocols import LinearSolveArg
-from ._root import _check_solver, _normalize_argnums
+from .._core import func as _func
+from .._core import tree as _tree
+from .._core.checks import check_same_layout, floating_leaves
+from .._core.result import LinearSolveResult, report
+from .._linear.base import LinearSolveArg
+from .decorators import _check_solver, _normalize_argnums
+from .derivatives import check_finite
 
 __all__ = ["Hypergradient", "hypergradient"]
 
@@ -141,7 +142,7 @@ def hypergradient(
             )
         )
     dl_dtheta, *dl_da = outer_pullback(torch.ones_like(value))
-    _check_finite(
+    check_finite(
         dl_dtheta,
         f"{_CALL}: the gradient of outer_fn at the solution contains NaN or Inf.",
     )

@@ -14,15 +14,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from . import _func, _tree
-from ._checks import floating_leaves
-from ._inner import InnerMethod, InnerProblem, Solution, classify
-from ._krylov import CG
-from ._lbfgs import armijo
-from ._loop import iterate, safe_div
-from ._protocols import LinearSolver
-from ._solver_base import as_linear_solver
-from ._tree import TreeT
+from .._core import func as _func
+from .._core import tree as _tree
+from .._core.checks import floating_leaves
+from .._core.loop import iterate, safe_div
+from .._core.tree import TreeT
+from .._linear.adapter import as_linear_solver
+from .._linear.base import LinearSolver
+from .._linear.cg import CG
+from .base import InnerMethod, InnerProblem, Solution, classify
+from .lbfgs import armijo
 
 __all__ = ["CheckedResidual", "GaussNewton", "LevenbergMarquardt", "SumOfSquares"]
 

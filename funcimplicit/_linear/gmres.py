@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from . import _tree
-from ._checks import may_mutate
-from ._convergence import LinearSolveResult
-from ._loop import ALL_DONE, NONE_DONE, progress, safe_div, safe_sqrt
-from ._solver_base import IterativeSolver, Operator, rounding_slack
-from ._tree import TreeT
+from .._core import tree as _tree
+from .._core.checks import may_mutate
+from .._core.loop import ALL_DONE, NONE_DONE, progress, safe_div, safe_sqrt
+from .._core.result import LinearSolveResult
+from .._core.tree import TreeT
+from .base import IterativeSolver, Operator, rounding_slack
 
 __all__ = ["GMRES"]
 
