@@ -2,9 +2,9 @@
 
 Every loop keeps its per-element state as tensors and freezes an element once it is done
 (``torch.where`` with its flag), so extra iterations never change a finished element. The
-only host read is :func:`all_true`, which decides when the whole batch may stop: it looks
+only host read is :func:`progress`, which decides when the whole batch may stop: it looks
 at the physical tensor beneath any ``torch.func`` wrappers (``compat.physical``, guarded)
-and answers ``False`` whenever it cannot look, which falls back to the full trip count.
+and answers ``"unknown"`` whenever it cannot look, which falls back to the full trip count.
 """
 
 from __future__ import annotations
@@ -17,18 +17,7 @@ import torch
 from . import tree as _tree
 from .compat import physical
 
-__all__ = ["all_true", "iterate", "progress", "safe_div", "safe_sqrt"]
-
-
-def all_true(flag: torch.Tensor) -> bool:
-    """Whether every element of ``flag`` is true in every batch element (``False`` if unknown)."""
-    plain = physical(flag)
-    if plain is None:
-        return False
-    try:
-        return bool(plain.all())
-    except Exception:  # e.g. a fake or symbolic tensor: unknown
-        return False
+__all__ = ["iterate", "progress", "safe_div", "safe_sqrt"]
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:

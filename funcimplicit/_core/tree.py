@@ -27,7 +27,6 @@ __all__ = [
     "ravel",
     "scale",
     "size",
-    "structure",
     "sub",
     "unflatten",
     "vdot",
@@ -71,11 +70,6 @@ def flatten(tree: Any) -> tuple[list[Any], PyTreeSpec]:
 def unflatten(spec: PyTreeSpec, leaves: Sequence[Any]) -> Any:
     """Rebuild the tree of ``spec`` from its leaves."""
     return optree.tree_unflatten(spec, leaves)
-
-
-def structure(tree: Any) -> PyTreeSpec:
-    """The structure (treespec) of ``tree``."""
-    return optree.tree_structure(tree, namespace=_NAMESPACE)
 
 
 def map_leaves(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
