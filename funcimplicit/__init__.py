@@ -4,12 +4,12 @@ from . import nn, projections
 from ._core.result import ConvergenceError as ConvergenceError
 from ._core.result import ConvergenceWarning as ConvergenceWarning
 from ._core.result import LinearSolveResult as LinearSolveResult
+from ._core.result import Solution as Solution
+from ._core.result import Status as Status
 from ._core.tree import TensorTree as TensorTree
 from ._inner.base import InnerMethod as InnerMethod
 from ._inner.base import InnerProblem as InnerProblem
 from ._inner.base import InnerSolver as InnerSolver
-from ._inner.base import Solution as Solution
-from ._inner.base import Status as Status
 from ._inner.broyden import Broyden as Broyden
 from ._inner.fixed_point import Anderson as Anderson
 from ._inner.fixed_point import FixedPointIteration as FixedPointIteration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import warnings
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol
@@ -16,7 +17,9 @@ __all__ = [
     "ConvergenceWarning",
     "LinearSolveResult",
     "OnFailure",
+    "Solution",
     "Statistics",
+    "Status",
     "report",
 ]
 
@@ -33,34 +36,83 @@ class ConvergenceError(RuntimeError):
     """A solver in strict mode (``on_failure="raise"``) stopped without meeting its tolerance."""
 
 
-@dataclass(frozen=True)
-class LinearSolveResult(Generic[TreeT]):
-    """A linear solve's solution and its statistics (one value per ``vmap`` element).
+class Status(enum.IntEnum):
+    """Why a solve stopped (the ``status`` tensor holds these values per element).
 
-    Attributes:
-        solution: ``x`` with the structure of the right-hand side (or of ``init``).
-        iterations: iterations of the method taken (int64; 1 for dense solvers).
-        residual_norm: ``||b - (A + ridge I) x||`` over all leaves jointly, at the end.
-        tolerance: the threshold ``max(rtol * ||b||, atol)`` the residual was held to.
-        converged: whether the solution is finite and ``residual_norm <= tolerance``, or,
-            for CG, BiCGStab and GMRES, whose recurrence (or estimate) met the tolerance,
-            ``residual_norm <= tolerance + sqrt(eps) * ||b||``: the true residual may drift
-            from the recurrence by rounding, and a solve is not called failed for that.
-        stagnated: where a method detects it (GMRES), whether an element stopped early,
-            unconverged, because a restart cycle no longer lowered the residual (a singular
-            or inconsistent system); ``None`` where the method does not detect it.
+    ``CONVERGED`` is the only success. The others say what the solver detected:
+    ``MAX_ITERATIONS`` (ran out of iterations, or stopped without meeting the tolerance),
+    ``NONFINITE`` (NaN or Inf appeared: diverged, or the function or system is not finite
+    there), ``BREAKDOWN`` (a Krylov recurrence or a factorization broke down: a singular or
+    ill-suited system), ``INDEFINITE`` (CG met negative or zero curvature: the operator is
+    not positive definite) and ``STAGNATION`` (GMRES: a restart cycle no longer lowered the
+    residual, a singular or inconsistent system).
     """
 
-    solution: TreeT
+    CONVERGED = 0
+    MAX_ITERATIONS = 1
+    NONFINITE = 2
+    BREAKDOWN = 3
+    INDEFINITE = 4
+    STAGNATION = 5
+
+
+@dataclass(frozen=True)
+class Solution(Generic[TreeT]):
+    """A solve's result, linear or inner (one value per ``vmap`` element for each statistic).
+
+    Attributes:
+        value: the solution, with the structure of ``init`` (or of the right-hand side).
+            From an inner solver it carries implicit derivatives in the solver's arguments
+            unless ``implicit=False``.
+        iterations: iterations taken (int64; 1 for dense linear solvers).
+        residual_norm: for a linear solve ``||b - (A + ridge I) x||``; for an inner solve
+            ``||T(value)||`` (``||F(value) - value||`` for fixed points, the gradient norm
+            for minimization and least squares, the projected-gradient mapping's norm for
+            ``ProjectedGradient``); over all leaves jointly, at the end.
+        tolerance: the threshold it was held to: ``max(rtol * ||b||, atol)`` for a linear
+            solve, ``max(atol, rtol * ||value||)`` for an inner one.
+        converged: the residual is finite and meets the tolerance (for CG, BiCGStab and
+            GMRES, whose recurrence or estimate met it, the true residual may exceed it by
+            the rounding drift ``sqrt(eps) * ||b||``). Equal to ``status == CONVERGED``.
+        reason: what stopped an unconverged element, where the solver detected it (a
+            :class:`Status` code per element, int64); ``None`` means ``MAX_ITERATIONS``.
+            Read :attr:`status` rather than this field.
+    """
+
+    value: TreeT
     iterations: torch.Tensor
     residual_norm: torch.Tensor
     tolerance: torch.Tensor
     converged: torch.Tensor
-    stagnated: torch.Tensor | None = None
+    reason: torch.Tensor | None = None
 
+    @property
+    def status(self) -> torch.Tensor:
+        """A :class:`Status` code per element (int64): ``CONVERGED`` where ``converged``,
+        else ``NONFINITE`` for a non-finite residual, else ``reason``.
+
+        Computed when read, so a solve that nobody asks about costs no extra operations.
+        """
+        reason = int(Status.MAX_ITERATIONS) if self.reason is None else self.reason
+        failed = torch.where(torch.isfinite(self.residual_norm), reason, int(Status.NONFINITE))
+        return torch.where(self.converged, int(Status.CONVERGED), failed)
+
+    @property
+    def solution(self) -> TreeT:
+        """``value`` (the name linear solves used before results were unified)."""
+        return self.value
+
+    @property
+    def stagnated(self) -> torch.Tensor:
+        """``status == Status.STAGNATION`` (only GMRES detects it)."""
+        return self.status == int(Status.STAGNATION)
+
+
+#: The result of a linear solve: the same type as an inner solve's (``.solution`` is ``.value``).
+LinearSolveResult = Solution
 
 # A pytree node, so results can be returned from ``vmap``-ed functions.
-register_dataclass(LinearSolveResult)
+register_dataclass(Solution)
 
 
 class Statistics(Protocol):
@@ -114,14 +166,20 @@ def report(
             f"residual norm {float(residual[worst]):.3e} > tolerance "
             f"{float(tolerance[worst]):.3e} after {int(iterations[worst])} iterations"
         )
-    stagnated = getattr(result, "stagnated", None)
-    stuck = None if stagnated is None else physical(stagnated)
-    if stuck is not None and bool((stuck.reshape(-1) & failed).any()):
-        detail = (
-            "stagnated: the residual stopped decreasing over a restart cycle (a singular "
-            f"or inconsistent system?); {detail}"
-        )
-    message = f"{call}: did not converge for {count}: {detail}."
+    codes = getattr(result, "status", None)
+    codes = None if codes is None else physical(codes)
+    reasons = ""
+    if codes is not None:
+        codes = codes.reshape(-1)[failed] if codes.numel() > 1 else codes.reshape(-1)
+        known = {int(s): s.name.lower() for s in Status}
+        names = sorted({known.get(int(c), str(int(c))) for c in set(codes.tolist()) if int(c) != 0})
+        reasons = f" ({', '.join(names)})" if names else ""
+        if int(Status.STAGNATION) in codes.tolist():
+            detail = (
+                "stagnated: the residual stopped decreasing over a restart cycle (a singular "
+                f"or inconsistent system?); {detail}"
+            )
+    message = f"{call}: did not converge for {count}{reasons}: {detail}."
     if hint:
         message += f" {hint}"
     if on_failure == "raise":

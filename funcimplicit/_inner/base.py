@@ -3,55 +3,18 @@ problem view each method works on (fixed-point map, root function or objective).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from .._core import tree as _tree
-from .._core.compat import register_dataclass
-from .._core.result import ON_FAILURE_CHOICES, OnFailure
+from .._core.result import ON_FAILURE_CHOICES, OnFailure, Solution, Status
 from .._core.tree import TensorTree, TreeT
 from .._linear.base import default_rtol
 
 __all__ = ["InnerSolver", "InnerMethod", "InnerProblem", "Solution", "Status", "classify"]
-
-
-class Status(enum.IntEnum):
-    """Why an inner solve stopped (the ``status`` tensor holds these values per element)."""
-
-    CONVERGED = 0
-    MAX_ITERATIONS = 1
-    NONFINITE = 2  # NaN or Inf appeared: diverged, or the function is not finite there
-
-
-@dataclass(frozen=True)
-class Solution(Generic[TreeT]):
-    """An inner solve's result (one value per ``vmap`` element for each statistic).
-
-    Attributes:
-        value: the solution, with the structure of ``init``; it carries implicit
-            derivatives in the solver's arguments unless ``implicit=False``.
-        iterations: iterations taken (int64).
-        residual_norm: ``||T(value)||`` (``||F(value) - value||`` for fixed points, the
-            gradient norm for minimization and least squares, the projected-gradient
-            mapping's norm for ``ProjectedGradient``), over all leaves jointly.
-        tolerance: the threshold ``max(atol, rtol * ||value||)`` it was held to.
-        converged: ``residual_norm <= tolerance`` with everything finite.
-        status: a :class:`Status` code per element (int64).
-    """
-
-    value: TreeT
-    iterations: torch.Tensor
-    residual_norm: torch.Tensor
-    tolerance: torch.Tensor
-    converged: torch.Tensor
-    status: torch.Tensor
-
-
-register_dataclass(Solution)
 
 
 @dataclass(frozen=True, eq=False)

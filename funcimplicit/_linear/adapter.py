@@ -134,8 +134,9 @@ class CallableSolver(LinearSolverBase):
         tolerance = claim.tolerance.to(residual.dtype)
         claimed = claim.converged.to(torch.bool)
         iterations = claim.iterations.to(torch.int64)
-        judged = finish(x, iterations, residual, tolerance, claimed=claimed, slack=slack)
-        return LinearSolveResult(x, iterations, residual, tolerance, judged.converged & claimed)
+        return finish(
+            x, iterations, residual, tolerance, claimed=claimed, slack=slack, valid=claimed
+        )
 
 
 def as_linear_solver(solve: object, call: str) -> LinearSolverBase:

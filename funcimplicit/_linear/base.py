@@ -11,8 +11,14 @@ import torch
 
 from .._core import tree as _tree
 from .._core.checks import check_same_layout, floating_leaves
-from .._core.loop import NONE_DONE, progress
-from .._core.result import ON_FAILURE_CHOICES, LinearSolveResult, OnFailure, report
+from .._core.loop import ALL_DONE, NONE_DONE, progress
+from .._core.result import (
+    ON_FAILURE_CHOICES,
+    LinearSolveResult,
+    OnFailure,
+    Status,
+    report,
+)
 from .._core.tree import TensorTree, TreeT
 
 __all__ = [
@@ -216,6 +222,8 @@ def finish(
     *,
     claimed: torch.Tensor | None = None,
     slack: torch.Tensor | float = 0.0,
+    valid: torch.Tensor | None = None,
+    failure: Callable[[], torch.Tensor] | None = None,
 ) -> LinearSolveResult[TreeT]:
     """Assemble a result from the true final residual ``||b - A x||``.
 
@@ -223,12 +231,20 @@ def finish(
     that stop on a recurrence residual which met the tolerance (``claimed``), exceeds it by
     at most ``slack``: the rounding drift between recurrence and true residual. An operator
     that breaks the method's assumptions (CG on a non-symmetric matrix) fails it by far.
+    Where ``valid`` is false (a failed factorization, a user solver's own verdict) the
+    element is not converged either. ``failure()`` gives the :class:`Status` code of what
+    the method detected per element; it is called only when some element did not converge.
     """
     finite = torch.isfinite(residual_norm)
     converged = finite & (residual_norm <= tolerance)
     if claimed is not None:
         converged = converged | (finite & claimed & (residual_norm <= tolerance + slack))
-    return LinearSolveResult(solution, iterations, residual_norm, tolerance, converged)
+    if valid is not None:
+        converged = converged & valid
+    reason = None
+    if failure is not None and progress(converged) != ALL_DONE:
+        reason = failure()
+    return LinearSolveResult(solution, iterations, residual_norm, tolerance, converged, reason)
 
 
 def non_finite_visible(
@@ -239,9 +255,9 @@ def non_finite_visible(
     A Krylov method stops at once on a NaN residual and would hand back its start (zeros):
     a NaN right-hand side (or cotangent, in a backward pass) would become the answer 0 or a
     zero gradient. Whatever ``on_failure`` says (it governs non-convergence only), such an
-    element's solution is NaN and it is not converged. Per element (a ``where`` on the
-    element's own flag, no host branching but one read to skip the ``where`` when nothing
-    is bad), so one NaN ``vmap`` element never poisons the others.
+    element's solution is NaN and it is not converged (status ``NONFINITE``). Per element (a
+    ``where`` on the element's own flag, no host branching but one read to skip the
+    ``where`` when nothing is bad), so one NaN ``vmap`` element never poisons the others.
     """
     bad = torch.logical_not(
         torch.isfinite(b_norm)
@@ -251,7 +267,9 @@ def non_finite_visible(
     if progress(bad) == NONE_DONE:
         return result
     solution = _tree.map_leaves(lambda leaf: torch.where(bad, torch.nan, leaf), result.solution)
-    return replace(result, solution=solution, converged=result.converged & ~bad)
+    before = int(Status.MAX_ITERATIONS) if result.reason is None else result.reason
+    reason = torch.where(bad, int(Status.NONFINITE), before)
+    return replace(result, value=solution, converged=result.converged & ~bad, reason=reason)
 
 
 def rounding_slack(b: TensorTree) -> torch.Tensor:
@@ -274,11 +292,15 @@ def judged(
     iterations: torch.Tensor,
     recurrence_rr: torch.Tensor,
     tolerance: torch.Tensor,
+    failure: Callable[[], torch.Tensor] | None = None,
 ) -> LinearSolveResult[Any]:
     """The result of a recurrence method, judged by one true residual ``||b - A x||``."""
     true_norm = _tree.norm(_tree.sub(b, operator(x)))
     claimed = recurrence_rr <= tolerance * tolerance
-    return finish(x, iterations, true_norm, tolerance, claimed=claimed, slack=rounding_slack(b))
+    slack = rounding_slack(b)
+    return finish(
+        x, iterations, true_norm, tolerance, claimed=claimed, slack=slack, failure=failure
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from .._core import tree as _tree
 from .._core.loop import iterate, safe_div
-from .._core.result import LinearSolveResult
+from .._core.result import LinearSolveResult, Status
 from .base import (
     IterativeSolver,
     Operator,
@@ -49,7 +49,7 @@ class BiCGStab(IterativeSolver):
             return _tree.map_leaves(lambda ai, ci: torch.addcmul(ai, coeff, ci, value=-1), a, c)
 
         def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, r, p, v, rho, alpha, omega, _ = state
+            x, r, p, v, rho, alpha, omega, _, _ = state
             rho_next = _tree.vdot(r_hat, r)
             # p <- r + beta (p - omega v), beta = (rho'/rho)(alpha/omega)
             beta = safe_div(rho_next, rho) * safe_div(alpha, omega)
@@ -68,9 +68,16 @@ class BiCGStab(IterativeSolver):
             rr = _tree.vdot(r, r)
             breakdown = (rho_next == 0) | (r_hat_v == 0) | ((omega == 0) & ~s_done)
             finished = torch.logical_not(rr > tol2) | breakdown
-            return (x, r, p, v, rho_next, alpha, omega, rr), finished
+            return (x, r, p, v, rho_next, alpha, omega, rr, breakdown), finished
 
-        state = (x, r, zero_tree, zero_tree, one, one, one, rr)
         done = torch.logical_not(rr > tol2)
+        # The last slot is "broke down at the last step"; it starts as done, which only an
+        # element done at the start (converged, or NaN: reported as such) can have.
+        state = (x, r, zero_tree, zero_tree, one, one, one, rr, done)
         state, iterations, _ = iterate(step, state, done, self._maxiter(b))
-        return judged(operator, b, state[0], iterations, state[-1], tolerance)
+        x, rr, breakdown = state[0], state[7], state[8]
+
+        def failure() -> torch.Tensor:
+            return torch.where(breakdown, int(Status.BREAKDOWN), int(Status.MAX_ITERATIONS))
+
+        return judged(operator, b, x, iterations, rr, tolerance, failure)

@@ -9,7 +9,7 @@ import torch
 
 from .._core import tree as _tree
 from .._core.loop import iterate, safe_div
-from .._core.result import LinearSolveResult
+from .._core.result import LinearSolveResult, Status
 from .base import (
     IterativeSolver,
     Operator,
@@ -58,9 +58,9 @@ class CG(IterativeSolver):
         # x += alpha p, r -= alpha A p with alpha = <r, z> / <p, A p>;
         # p <- z + beta p with beta = <r', z'> / <r, z>   (z = M r, M the preconditioner).
         # Stop when ||r||^2 <= tol^2, or NaN (the negated ">" is true for NaN), or
-        # p^T A p <= 0: A is not positive definite along p (reported by the final check).
+        # p^T A p <= 0: A is not positive definite along p (status INDEFINITE unless converged).
         def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, r, p, rz, _ = state
+            x, r, p, rz, _, _ = state
             ap = operator(p)
             p_ap = _tree.vdot(p, ap)
             alpha = safe_div(rz, p_ap)
@@ -70,10 +70,18 @@ class CG(IterativeSolver):
             rz_next = _tree.vdot(r, z)
             rr = _tree.vdot(r, r) if preconditioned else rz_next
             p = _tree.axpy(safe_div(rz_next, rz), p, z)
-            finished = torch.logical_not(rr > tol2) | (p_ap <= 0)
-            return (x, r, p, rz_next, rr), finished
+            indefinite = p_ap <= 0
+            finished = torch.logical_not(rr > tol2) | indefinite
+            return (x, r, p, rz_next, rr, indefinite), finished
 
-        state = (x, r, z, rz, rr)
         done = torch.logical_not(rr > tol2)
+        # The last slot is "p^T A p <= 0 at the last step"; it starts as done, which only an
+        # element done at the start (converged, or NaN: reported as such) can have.
+        state = (x, r, z, rz, rr, done)
         state, iterations, _ = iterate(step, state, done, self._maxiter(b))
-        return judged(operator, b, state[0], iterations, state[-1], tolerance)
+        x, rr, indefinite = state[0], state[4], state[5]
+
+        def failure() -> torch.Tensor:
+            return torch.where(indefinite, int(Status.INDEFINITE), int(Status.MAX_ITERATIONS))
+
+        return judged(operator, b, x, iterations, rr, tolerance, failure)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from .._core import tree as _tree
-from .._core.result import LinearSolveResult
+from .._core.result import LinearSolveResult, Status
 from .._core.tree import TensorTree
 from .base import LinearSolverBase, Operator, finish
 
@@ -57,8 +57,11 @@ class _DenseSolver(LinearSolverBase):
         # failed factorization (e.g. Cholesky of an indefinite A) is not converged either.
         residual = torch.linalg.vector_norm(rhs - matrix @ x)
         iterations = torch.ones_like(residual, dtype=torch.int64)
-        result = finish(unravel(x), iterations, residual, tolerance)
-        return replace(result, converged=result.converged & ok)
+
+        def failure() -> torch.Tensor:
+            return torch.where(ok, int(Status.MAX_ITERATIONS), int(Status.BREAKDOWN))
+
+        return finish(unravel(x), iterations, residual, tolerance, valid=ok, failure=failure)
 
     def _factor_solve(
         self, matrix: torch.Tensor, rhs: torch.Tensor

@@ -12,7 +12,7 @@ import torch
 from .._core import tree as _tree
 from .._core.checks import may_mutate
 from .._core.loop import ALL_DONE, NONE_DONE, progress, safe_div, safe_sqrt
-from .._core.result import LinearSolveResult
+from .._core.result import LinearSolveResult, Status
 from .._core.tree import TreeT
 from .base import IterativeSolver, Operator, rounding_slack
 
@@ -94,9 +94,10 @@ class GMRES(IterativeSolver):
                 operator, r, beta, x, done, iterations, tolerance, m, maxiter
             )
         converged = converged & torch.isfinite(beta)
-        return LinearSolveResult(
-            x, iterations, beta, tolerance, converged, stagnated=stagnated & ~converged
-        )
+        reason = None
+        if progress(converged) != ALL_DONE:
+            reason = torch.where(stagnated, int(Status.STAGNATION), int(Status.MAX_ITERATIONS))
+        return LinearSolveResult(x, iterations, beta, tolerance, converged, reason)
 
     def _cycle(
         self,

@@ -92,7 +92,7 @@ def _run(
     tolerance = torch.clamp(rtol * _tree.norm(rhs), min=solver.atol)
     residual = _tree.norm(_tree.sub(rhs, operator(result.solution)))
     converged = result.converged & (residual <= tolerance + rounding_slack(rhs))
-    return LinearSolveResult(result.solution, result.iterations, residual, tolerance, converged)
+    return replace(result, residual_norm=residual, tolerance=tolerance, converged=converged)
 
 
 def _transpose_apply(matvec: Callable[..., Any], v: Any, args: tuple[Any, ...]) -> Any:
