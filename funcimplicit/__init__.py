@@ -23,7 +23,9 @@ from ._inner.solve import least_squares as least_squares
 from ._inner.solve import minimize as minimize
 from ._inner.solve import solve_fixed_point as solve_fixed_point
 from ._inner.solve import solve_root as solve_root
+from ._linear.base import IterativeSolver as IterativeSolver
 from ._linear.base import LinearSolver as LinearSolver
+from ._linear.base import LinearSolverBase as LinearSolverBase
 from ._linear.bicgstab import BiCGStab as BiCGStab
 from ._linear.cg import CG as CG
 from ._linear.dense import LU as LU
@@ -57,11 +59,13 @@ __all__ = [
     "InnerMethod",
     "InnerProblem",
     "InnerSolver",
+    "IterativeSolver",
     "LBFGS",
     "LU",
     "LevenbergMarquardt",
     "LinearSolveResult",
     "LinearSolver",
+    "LinearSolverBase",
     "Neumann",
     "Newton",
     "NormalCG",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -86,8 +86,6 @@ class InnerMethod:
     maxiter: int = 100
     on_failure: OnFailure = "warn"
 
-    #: "fixed_point" methods iterate ``F``; "root" methods solve ``T = 0``.
-    form: ClassVar[str] = "fixed_point"
     #: The entry points whose problems the method can solve ("fixed_point", "root",
     #: "minimize", "least_squares"); another is refused with an error naming these.
     problem_kinds: ClassVar[tuple[str, ...]] = ("fixed_point", "root", "minimize", "least_squares")
@@ -130,8 +128,14 @@ class InnerMethod:
         raise NotImplementedError
 
 
+@runtime_checkable
 class InnerSolver(Protocol):
     """Finds a fixed point, root or minimum of an inner problem, from ``init``.
+
+    Every ``method=`` accepts an object with these members; a subclass of
+    :class:`~funcimplicit.InnerMethod` has them, and may also narrow ``problem_kinds`` or
+    give its own ``optimality`` condition (an object without them serves every entry point
+    and is differentiated by stationarity).
 
     ``run`` receives the problem in every form (``problem.fixed_point``, ``problem.root``,
     ``problem.objective``, ``problem.finished``) and returns a :class:`~funcimplicit.Solution`

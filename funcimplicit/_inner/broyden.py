@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -39,8 +39,6 @@ class Broyden(InnerMethod):
 
     memory: int = 20
     scale: float = 1.0
-
-    form: ClassVar[str] = "root"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -38,8 +38,6 @@ class GradientDescent(InnerMethod):
     backtracking: bool = False
     max_backtracks: int = 20
     maxiter: int = 1000
-
-    form: ClassVar[str] = "root"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -101,7 +101,6 @@ class LBFGS(InnerMethod):
     max_backtracks: int = 30
     maxiter: int = 500
 
-    form: ClassVar[str] = "root"
     problem_kinds: ClassVar[tuple[str, ...]] = ("minimize", "least_squares")
 
     def __post_init__(self) -> None:

@@ -88,7 +88,6 @@ class _NormalStepMethod(InnerMethod):
     solve: LinearSolver = field(default_factory=lambda: CG(on_failure="ignore"))
     maxiter: int = 100
 
-    form: ClassVar[str] = "root"
     problem_kinds: ClassVar[tuple[str, ...]] = ("least_squares",)
 
     def __post_init__(self) -> None:

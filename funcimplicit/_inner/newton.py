@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -66,8 +66,6 @@ class Newton(InnerMethod):
     backtracking: bool = True
     max_backtracks: int = 20
     maxiter: int = 50
-
-    form: ClassVar[str] = "root"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -87,7 +87,6 @@ class ProjectedGradient(InnerMethod):
     step_size: float
     maxiter: int = 1000
 
-    form: ClassVar[str] = "root"
     problem_kinds: ClassVar[tuple[str, ...]] = ("minimize", "least_squares")
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ from .._linear.cg import CG
 from .._linear.gmres import GMRES
 from .._rules.decorators import _FixedPointResidual
 from .._rules.root import attach
-from .base import InnerMethod, InnerProblem, Solution
+from .base import InnerProblem, InnerSolver, Solution
 from .fixed_point import Anderson
 from .least_squares import CheckedResidual, LevenbergMarquardt, SumOfSquares
 from .newton import Newton
@@ -92,19 +92,20 @@ def _run(
     fn: Callable[..., Any],
     init: TreeT,
     args: tuple[Any, ...],
-    method: InnerMethod,
+    method: InnerSolver,
     solve: LinearSolveArg,
     implicit: bool,
 ) -> Solution[TreeT]:
     """Run ``method`` on the problem ``fn`` defines (``kind``: fixed_point, root, minimize)."""
-    if not isinstance(method, InnerMethod):
+    if isinstance(method, type) or not isinstance(method, InnerSolver):  # the protocol
         raise TypeError(
-            f"{call}: method must be an inner solver such as fi.Anderson() or fi.Newton(); "
-            f"received {type(method).__name__}."
+            f"{call}: method must be an inner solver such as fi.Anderson() or fi.Newton() "
+            f"(an object following fi.InnerSolver); received {type(method).__name__}."
         )
     solve = as_linear_solver(solve, call)
-    if kind not in method.problem_kinds:
-        entries = ", ".join(_ENTRY_POINTS[k] for k in method.problem_kinds)
+    kinds = getattr(method, "problem_kinds", tuple(_ENTRY_POINTS))
+    if kind not in kinds:
+        entries = ", ".join(_ENTRY_POINTS[k] for k in kinds)
         raise TypeError(
             f"{call}: method {type(method).__name__} does not solve this kind of problem; it "
             f"works with {entries}. Choose another method, e.g. the default (method=None)."
@@ -142,7 +143,8 @@ def _run(
         fixed_point_fn = _RootAsFixedPoint(root_fn)
     if kind in ("minimize", "least_squares"):
         # A constrained method states its own condition (e.g. a projected fixed point).
-        constrained = method.optimality(SumOfSquares(fn) if kind == "least_squares" else fn)
+        optimality = getattr(method, "optimality", lambda _: None)
+        constrained = optimality(SumOfSquares(fn) if kind == "least_squares" else fn)
         if constrained is not None:
             rule = constrained
 
@@ -180,7 +182,8 @@ def _run(
 def _default_solve(method: Any, objective: Callable[..., Any]) -> LinearSolveArg:
     """CG for the Hessian of an unconstrained minimum; GMRES for a constrained method's
     condition, whose Jacobian is not symmetric."""
-    if isinstance(method, InnerMethod) and method.optimality(objective) is not None:
+    optimality = getattr(method, "optimality", None)
+    if optimality is not None and optimality(objective) is not None:
         return GMRES()
     return CG()
 
@@ -189,7 +192,7 @@ def solve_fixed_point(
     fixed_point_fn: Callable[..., TreeT],
     init: TreeT,
     *args: Any,
-    method: InnerMethod | None = None,
+    method: InnerSolver | None = None,
     solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
@@ -238,7 +241,7 @@ def solve_root(
     root_fn: Callable[..., TreeT],
     init: TreeT,
     *args: Any,
-    method: InnerMethod | None = None,
+    method: InnerSolver | None = None,
     solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
@@ -283,7 +286,7 @@ def minimize(
     objective: Callable[..., torch.Tensor],
     init: TreeT,
     *args: Any,
-    method: InnerMethod | None = None,
+    method: InnerSolver | None = None,
     solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:
@@ -334,7 +337,7 @@ def least_squares(
     residual_fn: Callable[..., Any],
     init: TreeT,
     *args: Any,
-    method: InnerMethod | None = None,
+    method: InnerSolver | None = None,
     solve: LinearSolveArg = None,
     implicit: bool = True,
 ) -> Solution[TreeT]:

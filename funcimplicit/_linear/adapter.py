@@ -94,7 +94,7 @@ class CallableSolver(LinearSolverBase):
             "check it, or use a library solver such as fi.GMRES() or fi.LU()."
         )
 
-    def _solve(
+    def compute(
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
         call = f"{self._name}(matvec, b) (a user linear solver)"

@@ -60,11 +60,26 @@ def _check_number(owner: str, name: str, value: Any, *, allow_none: bool = False
 
 @dataclass(frozen=True, kw_only=True)
 class LinearSolverBase:
-    """Fields and behaviour shared by all linear solvers.
+    """The base of every linear solver, the library's and a user's own.
 
     A solver solves ``(A + ridge I) x = b`` given only ``matvec: v -> A v`` on pytrees. Calling
     it returns ``x``; :meth:`run` also returns per-element statistics. A direct call is not
     implicitly differentiated: use :func:`funcimplicit.linear_solve` for derivatives.
+
+    A subclass (a frozen ``dataclass(kw_only=True)``) implements :meth:`compute` and declares
+    its capabilities as class attributes; the derivative rules ask these, never a solver's
+    name:
+
+    - ``requires_symmetric``: the method assumes a symmetric operator (CG, Cholesky).
+    - ``least_squares``: the method solves ``min ||A x - b||`` through the normal equations,
+      also for a non-square ``A`` (NormalCG); it then gives :meth:`normal_solver`, and
+      ``ridge`` means Tikhonov ``(A^T A + ridge I)``; for every other solver ``(A + ridge I)``.
+    - ``materializes``: the method builds the matrix of ``A``, one product per unknown
+      (LU, Cholesky).
+    - ``needs_transpose``: the method applies ``A^T`` through a VJP of ``matvec`` (NormalCG).
+    - ``applies_operator_only``: the method only applies the operator to trees (never
+      differentiates or ``vmap``-s it), so a cheaper operator without derivatives may be
+      handed to it (the iterative solvers).
     """
 
     rtol: float | None = None
@@ -72,10 +87,10 @@ class LinearSolverBase:
     ridge: float = 0.0
     on_failure: OnFailure = "warn"
 
-    #: Whether the method requires a symmetric (positive definite) operator.
     requires_symmetric: ClassVar[bool] = False
-    #: Whether the method only applies the operator to trees (never differentiates or vmaps
-    #: it), so that a cheaper operator without derivatives may be handed to it.
+    least_squares: ClassVar[bool] = False
+    materializes: ClassVar[bool] = False
+    needs_transpose: ClassVar[bool] = False
     applies_operator_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -130,7 +145,7 @@ class LinearSolverBase:
                 tolerance,
                 torch.ones_like(zero, dtype=torch.bool),
             )
-        return non_finite_visible(self._solve(operator, b, init, tolerance), b_norm)
+        return non_finite_visible(self.compute(operator, b, init, tolerance), b_norm)
 
     def _default_rtol(self, dtype: torch.dtype) -> float:
         return default_rtol(dtype)
@@ -155,10 +170,26 @@ class LinearSolverBase:
 
         return operator
 
-    def _solve(
+    def compute(
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
-        raise NotImplementedError
+        """Solve ``operator(x) = b`` to ``tolerance``: what a subclass implements.
+
+        Args:
+            operator: ``v -> (A + ridge I) v`` on pytrees shaped like ``b`` (ridge folded in).
+            b: the right-hand side, checked: real floating leaves, at least one element.
+            init: a start shaped like ``b`` (a copy, free to modify), or ``None`` for zeros.
+            tolerance: ``max(rtol * ||b||, atol)`` per element.
+
+        Returns:
+            A result judged by its true residual, e.g. with ``finish(...)``; the base then
+            makes a non-finite element NaN.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement compute().")
+
+    def normal_solver(self) -> LinearSolverBase:
+        """For a ``least_squares`` solver: the square solver it runs on the normal equations."""
+        raise NotImplementedError(f"{type(self).__name__} does not solve least squares.")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,7 +35,7 @@ class BiCGStab(IterativeSolver):
         True
     """
 
-    def _solve(
+    def compute(
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
         x, r = start_residual(operator, b, init)

@@ -45,7 +45,7 @@ class CG(IterativeSolver):
             "GMRES or BiCGStab; otherwise raise maxiter, add a preconditioner or ridge."
         )
 
-    def _solve(
+    def compute(
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
         x, r = start_residual(operator, b, init)

@@ -39,6 +39,8 @@ def materialize(operator: Operator, b: TensorTree) -> torch.Tensor:
 class _DenseSolver(LinearSolverBase):
     """Dense factorization; ``rtol`` defaults to ``sqrt(eps)`` and only judges the result."""
 
+    materializes: ClassVar[bool] = True
+
     def _default_rtol(self, dtype: torch.dtype) -> float:
         return math.sqrt(torch.finfo(dtype).eps)
 
@@ -46,7 +48,7 @@ class _DenseSolver(LinearSolverBase):
     def failure_hint(self) -> str:
         return "The system looks singular or ill-conditioned: set ridge > 0 to regularize it."
 
-    def _solve(
+    def compute(
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
         matrix = materialize(operator, b)

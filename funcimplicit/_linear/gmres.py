@@ -53,7 +53,7 @@ class GMRES(IterativeSolver):
         if isinstance(self.restart, bool) or not isinstance(self.restart, int) or self.restart < 1:
             raise ValueError(f"GMRES: restart must be a positive int; received {self.restart!r}.")
 
-    def _solve(
+    def compute(
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
         maxiter = self._maxiter(b)

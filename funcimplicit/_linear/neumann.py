@@ -44,7 +44,7 @@ class Neumann(IterativeSolver):
             "use GMRES or BiCGStab otherwise, or raise maxiter."
         )
 
-    def _solve(
+    def compute(
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
         x, r = start_residual(operator, b, init)

@@ -40,7 +40,19 @@ class NormalCG(IterativeSolver):
         True
     """
 
-    applies_operator_only: ClassVar[bool] = False  # A^T comes from a VJP of the operator
+    least_squares: ClassVar[bool] = True
+    needs_transpose: ClassVar[bool] = True  # A^T comes from a VJP of the operator
+
+    def normal_solver(self) -> CG:
+        """CG with these settings, for ``(A^T A + ridge I) x = A^T b`` (the rules use it)."""
+        return CG(
+            rtol=self.rtol,
+            atol=self.atol,
+            ridge=self.ridge,
+            maxiter=self.maxiter,
+            preconditioner=self.preconditioner,
+            on_failure=self.on_failure,
+        )
 
     def run(
         self, matvec: Callable[[Any], Any], b: Any, init: Any | None = None
@@ -74,4 +86,4 @@ class NormalCG(IterativeSolver):
         tolerance = torch.clamp(rtol * _tree.norm(rhs), min=self.atol)
         inner = CG(maxiter=self.maxiter, preconditioner=self.preconditioner)
         start = None if init is None else _tree.map_leaves(torch.clone, init)
-        return non_finite_visible(inner._solve(normal, rhs, start, tolerance), _tree.norm(b))
+        return non_finite_visible(inner.compute(normal, rhs, start, tolerance), _tree.norm(b))

@@ -29,8 +29,6 @@ from .._core.result import LinearSolveResult, report
 from .._core.tree import TensorTree, TreeT
 from .._linear.adapter import as_linear_solver
 from .._linear.base import LinearSolveArg, LinearSolverBase, default_rtol, rounding_slack
-from .._linear.cg import CG
-from .._linear.normal import NormalCG
 from .packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
 
 __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
@@ -63,7 +61,9 @@ class LinearProblem:
 
     def operator(self, like: Any, args: tuple[Any, ...]) -> Callable[[Any], Any]:
         """``v -> A v`` (or ``A^T v``) for fixed ``args``, set up once for many products."""
-        differentiable = not self.solver.applies_operator_only
+        # A solver that applies A^T through a VJP needs a differentiable operator.
+        solver = self.solver
+        differentiable = solver.needs_transpose or not solver.applies_operator_only
         if self.transposed:
             return _func.pullback(
                 lambda z: self.matvec(z, *args),
@@ -80,12 +80,12 @@ def _run(
 ) -> LinearSolveResult[Any]:
     """``solver.run``, judged on the square system ``A x = rhs`` these rules solve.
 
-    NormalCG alone judges its result by the normal equations, which a singular square system
-    satisfies at a wrong ``x`` (``A^T b = 0`` gives ``x = 0`` with zero tolerance): here its
-    true residual must also meet the tolerance, as for every other solver.
+    A least-squares solver judges its result by the normal equations, which a singular square
+    system satisfies at a wrong ``x`` (``A^T b = 0`` gives ``x = 0`` with zero tolerance): here
+    its true residual must also meet the tolerance, as for every other solver.
     """
     result = solver.run(operator, rhs, init)
-    if not isinstance(solver, NormalCG) or solver.ridge:
+    if not solver.least_squares or solver.ridge:
         return result
     dtype = _tree.flatten(rhs)[0][0].dtype
     rtol = default_rtol(dtype) if solver.rtol is None else solver.rtol
@@ -289,19 +289,12 @@ def linear_solve(
         raise TypeError(f"{call}: matvec must be callable; received {type(matvec).__name__}.")
     floating_leaves(b, call, "b")
     square = init is None or _same_shapes(init, b)
-    if isinstance(solver, NormalCG) and (solver.ridge or not square):
+    if solver.least_squares and (solver.ridge or not square):
         # Least squares or Tikhonov: x solves the normal equations (A^T A + ridge I) x = A^T b.
         like = b if init is None else init
         floating_leaves(like, call, "init")
-        cg = CG(
-            rtol=solver.rtol,
-            atol=solver.atol,
-            ridge=solver.ridge,
-            maxiter=solver.maxiter,
-            preconditioner=solver.preconditioner,
-            on_failure=solver.on_failure,
-        )
-        return _solve_attached(_NormalResidual(matvec, like), b, args, cg, init, call)  # type: ignore[no-any-return]
+        square_solver = solver.normal_solver()
+        return _solve_attached(_NormalResidual(matvec, like), b, args, square_solver, init, call)  # type: ignore[no-any-return]
     if init is not None:
         check_same_layout(init, b, call, "init")
     return _solve_attached(_Residual(matvec), b, args, solver, init, call)  # type: ignore[no-any-return]
