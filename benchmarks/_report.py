@@ -153,8 +153,11 @@ def source_fingerprint() -> str:
 
     folder = os.path.dirname(os.path.abspath(funcimplicit.__file__))
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as f:
-                digest.update(name.encode() + b"\0" + f.read())
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                with open(path, "rb") as f:
+                    digest.update(os.path.relpath(path, folder).encode() + b"\0" + f.read())
     return digest.hexdigest()[:12]

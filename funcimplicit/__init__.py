@@ -1,51 +1,52 @@
 """funcimplicit: implicit differentiation of solutions, native to ``torch.func``."""
 
-from . import nn as nn
-from . import projections as projections
-from ._auto import Auto as Auto
-from ._convergence import ConvergenceError as ConvergenceError
-from ._convergence import ConvergenceWarning as ConvergenceWarning
-from ._convergence import LinearSolveResult as LinearSolveResult
-from ._dense import LU as LU
-from ._dense import Cholesky as Cholesky
-from ._fixed_point_methods import Anderson as Anderson
-from ._fixed_point_methods import FixedPointIteration as FixedPointIteration
-from ._gmres import GMRES as GMRES
-from ._hypergradient import Hypergradient as Hypergradient
-from ._hypergradient import hypergradient as hypergradient
-from ._implicit import root_jvp as root_jvp
-from ._implicit import root_vjp as root_vjp
-from ._inner import InnerMethod as InnerMethod
-from ._inner import InnerProblem as InnerProblem
-from ._inner import Solution as Solution
-from ._inner import Status as Status
-from ._krylov import CG as CG
-from ._krylov import BiCGStab as BiCGStab
-from ._krylov import Neumann as Neumann
-from ._krylov import NormalCG as NormalCG
-from ._lbfgs import LBFGS as LBFGS
-from ._least_squares import GaussNewton as GaussNewton
-from ._least_squares import LevenbergMarquardt as LevenbergMarquardt
-from ._linear_solve import linear_solve as linear_solve
-from ._projected import ProjectedGradient as ProjectedGradient
-from ._protocols import InnerSolver as InnerSolver
-from ._protocols import LinearSolver as LinearSolver
-from ._root import fixed_point as fixed_point
-from ._root import implicit_root as implicit_root
-from ._root_methods import Broyden as Broyden
-from ._root_methods import GradientDescent as GradientDescent
-from ._root_methods import Newton as Newton
-from ._solve import least_squares as least_squares
-from ._solve import minimize as minimize
-from ._solve import solve_fixed_point as solve_fixed_point
-from ._solve import solve_root as solve_root
-from ._tree import TensorTree as TensorTree
+from . import nn, projections
+from ._core.result import ConvergenceError as ConvergenceError
+from ._core.result import ConvergenceWarning as ConvergenceWarning
+from ._core.result import LinearSolveResult as LinearSolveResult
+from ._core.result import Solution as Solution
+from ._core.result import Status as Status
+from ._core.tree import TensorTree as TensorTree
+from ._inner.base import InnerMethod as InnerMethod
+from ._inner.base import InnerProblem as InnerProblem
+from ._inner.base import InnerSolver as InnerSolver
+from ._inner.broyden import Broyden as Broyden
+from ._inner.fixed_point import Anderson as Anderson
+from ._inner.fixed_point import FixedPointIteration as FixedPointIteration
+from ._inner.gradient import GradientDescent as GradientDescent
+from ._inner.lbfgs import LBFGS as LBFGS
+from ._inner.least_squares import GaussNewton as GaussNewton
+from ._inner.least_squares import LevenbergMarquardt as LevenbergMarquardt
+from ._inner.newton import Newton as Newton
+from ._inner.projected import ProjectedGradient as ProjectedGradient
+from ._inner.solve import least_squares as least_squares
+from ._inner.solve import minimize as minimize
+from ._inner.solve import solve_fixed_point as solve_fixed_point
+from ._inner.solve import solve_root as solve_root
+from ._linear.auto import Auto as Auto
+from ._linear.base import IterativeSolver as IterativeSolver
+from ._linear.base import LinearSolver as LinearSolver
+from ._linear.base import LinearSolverBase as LinearSolverBase
+from ._linear.bicgstab import BiCGStab as BiCGStab
+from ._linear.cg import CG as CG
+from ._linear.dense import LU as LU
+from ._linear.dense import Cholesky as Cholesky
+from ._linear.gmres import GMRES as GMRES
+from ._linear.neumann import Neumann as Neumann
+from ._linear.normal import NormalCG as NormalCG
+from ._rules.decorators import fixed_point as fixed_point
+from ._rules.decorators import implicit_root as implicit_root
+from ._rules.derivatives import root_jvp as root_jvp
+from ._rules.derivatives import root_vjp as root_vjp
+from ._rules.hypergradient import Hypergradient as Hypergradient
+from ._rules.hypergradient import hypergradient as hypergradient
+from ._rules.linear import linear_solve as linear_solve
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Anderson",
     "Auto",
+    "Anderson",
     "BiCGStab",
     "Broyden",
     "CG",
@@ -60,11 +61,13 @@ __all__ = [
     "InnerMethod",
     "InnerProblem",
     "InnerSolver",
+    "IterativeSolver",
     "LBFGS",
     "LU",
     "LevenbergMarquardt",
     "LinearSolveResult",
     "LinearSolver",
+    "LinearSolverBase",
     "Neumann",
     "Newton",
     "NormalCG",

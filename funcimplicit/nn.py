@@ -6,7 +6,7 @@ A thin shell over the functional core (``torch.func.functional_call`` and the im
 keyword to ``solve=`` (see ``docs/nn.md``).
 """
 
-from ._nn_module import Functional as Functional
-from ._nn_module import ImplicitMetaGradientModule as ImplicitMetaGradientModule
+from ._nn.module import Functional as Functional
+from ._nn.module import ImplicitMetaGradientModule as ImplicitMetaGradientModule
 
 __all__ = ["Functional", "ImplicitMetaGradientModule"]

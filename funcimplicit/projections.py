@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from . import _tree
-from ._loop import safe_div, safe_sqrt
-from ._tree import TensorTree, TreeT
+from ._core import tree as _tree
+from ._core.loop import safe_div, safe_sqrt
+from ._core.tree import TensorTree, TreeT
 
 __all__ = ["box", "l2_ball", "nonnegative", "simplex"]
 

@@ -15,8 +15,8 @@ import torch
 from problems import F64, nonsymmetric, rhs, spd
 
 import funcimplicit as fi
-from funcimplicit._auto import _DenseChoice
-from funcimplicit._solver_base import as_linear_solver
+from funcimplicit._linear.adapter import as_linear_solver
+from funcimplicit._linear.auto import _DenseChoice
 
 vmap = torch.func.vmap
 

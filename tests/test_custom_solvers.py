@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import pytest
 import torch
 
 import funcimplicit as fi
-from funcimplicit._solver_base import CallableSolver, as_linear_solver
+from funcimplicit._linear.adapter import CallableSolver, as_linear_solver
+from funcimplicit._linear.base import finish
 
 F64 = torch.float64
+TreeT = TypeVar("TreeT", bound=fi.TensorTree)
 
 
 def _spd(n: int = 4, seed: int = 0) -> torch.Tensor:
@@ -344,3 +347,67 @@ def test_warm_start_reaches_a_solver_that_accepts_init() -> None:
         fi.linear_solve(lambda v: a @ v, b, solve=with_init, init=start)
     assert seen[0] is not None
     torch.testing.assert_close(seen[0], start)
+
+
+# --- A solver of one's own on the exported base (issue 16) -----------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Jacobi(fi.IterativeSolver):
+    """Jacobi iteration ``x <- x + D^{-1} (b - A x)`` for a diagonally dominant ``A``."""
+
+    diagonal: torch.Tensor
+
+    def compute(self, operator: Any, b: Any, init: Any, tolerance: torch.Tensor) -> Any:
+        x = torch.zeros_like(b) if init is None else init
+        residual, iterations = torch.linalg.vector_norm(b - operator(x)), 0
+        while iterations < self._maxiter(b) and not bool(residual <= tolerance):  # eager only
+            x = x + (b - operator(x)) / self.diagonal
+            residual, iterations = torch.linalg.vector_norm(b - operator(x)), iterations + 1
+        return finish(x, torch.tensor(iterations), residual, tolerance)
+
+
+def test_a_subclass_of_the_exported_base_is_a_library_solver() -> None:
+    a = torch.tensor([[4.0, 1.0, 0.0], [1.0, 5.0, 1.0], [0.0, 1.0, 3.0]], dtype=F64)
+    jacobi = Jacobi(diagonal=torch.diagonal(a))
+    assert as_linear_solver(jacobi, "test") is jacobi  # not wrapped in the adapter
+    assert not Jacobi.requires_symmetric
+    assert Jacobi.applies_operator_only
+    b = torch.tensor([1.0, 2.0, 3.0], dtype=F64, requires_grad=True)
+    x = fi.linear_solve(lambda v: a @ v, b, solve=jacobi)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b))
+    (g,) = torch.autograd.grad(x.sum(), b)
+    torch.testing.assert_close(g, torch.linalg.solve(a.T, torch.ones(3, dtype=F64)))
+    result = jacobi.run(lambda v: a @ v, b.detach())
+    assert int(result.status) == fi.Status.CONVERGED
+
+
+class Picard:
+    """An inner method following the fi.InnerSolver protocol, with no library base class."""
+
+    on_failure: Literal["warn", "raise", "ignore"] = "raise"
+    failure_hint = ""
+
+    def tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
+        return 1e-12, 1e-12
+
+    def run(self, problem: fi.InnerProblem, init: TreeT) -> fi.Solution[TreeT]:
+        x = init
+        for _ in range(200):
+            x = problem.fixed_point(x)
+        residual = torch.linalg.vector_norm(problem.root(x))  # one tensor here
+        tolerance = problem.tolerance(x)
+        return fi.Solution(x, torch.tensor(200), residual, tolerance, residual <= tolerance)
+
+
+def test_an_inner_solver_protocol_object_is_accepted() -> None:
+    theta = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    sol = fi.solve_fixed_point(
+        lambda x, t: t * torch.cos(x), torch.zeros((), dtype=F64), theta, method=Picard()
+    )
+    assert int(sol.status) == fi.Status.CONVERGED
+    (g,) = torch.autograd.grad(sol.value, theta)
+    x = sol.value.detach()  # x = t cos x:  dx/dt = cos x / (1 + t sin x)
+    torch.testing.assert_close(g, torch.cos(x) / (1 + theta.detach() * torch.sin(x)))
+    with pytest.raises(TypeError, match=r"fi\.InnerSolver"):
+        fi.solve_fixed_point(lambda x: x, torch.zeros(()), method=object())  # type: ignore[arg-type]

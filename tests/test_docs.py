@@ -43,6 +43,7 @@ PAGES_WITH_CODE = {
     "guides/batching.md",
     "guides/constrained.md",
     "guides/compile.md",
+    "guides/extending.md",
     "migration/jaxopt.md",
     "migration/torchopt.md",
     "migration/torchdeq.md",

@@ -1,6 +1,6 @@
 """``check_every``: how many times a Krylov loop reads the batch's progress on the host.
 
-Every host read of a loop goes through ``funcimplicit._loop.physical`` (the tensor beneath
+Every host read of a loop goes through ``funcimplicit._core.loop.physical`` (the tensor beneath
 the ``torch.func`` wrappers, read by ``progress``); the test counts its calls on CPU. Results
 must not depend on ``check_every`` (converged elements are frozen): they are compared with
 ``check_every=1`` and with a dense float64 solve.
@@ -15,7 +15,7 @@ import torch
 from problems import F64, nonsymmetric, rhs, spd
 
 import funcimplicit as fi
-from funcimplicit import _loop
+from funcimplicit._core import loop as _loop
 
 vmap = torch.func.vmap
 
@@ -51,11 +51,12 @@ def test_reads_per_iteration(monkeypatch: pytest.MonkeyPatch, kind: str) -> None
     iterations = int(results[1].iterations)
     assert bool(results[1].converged)
     assert iterations >= 10
-    # every=1: about one read per iteration; every=5: a fifth; None: only the solve's single
-    # final check for non-finite values (outside the loop)
+    # every=1: about one read per iteration; every=5: a fifth; None: none in the loop, only
+    # the solve's two final reads outside it (the check for non-finite values, and whether a
+    # failure reason must be computed): a constant per solve, whatever the iterations
     assert reads[1] >= iterations
-    assert reads[5] <= iterations // 5 + 4
-    assert reads[None] <= 1
+    assert reads[5] <= iterations // 5 + 5
+    assert reads[None] <= 2
     ref = torch.linalg.solve(a, b)
     for every in (5, None):
         assert int(results[every].iterations) == iterations
@@ -77,7 +78,7 @@ def test_no_reads_under_vmap_with_uneven_elements(monkeypatch: pytest.MonkeyPatc
     eager = solve(1)
     calls = _count_reads(monkeypatch)
     silent = solve(None)
-    assert calls[0] <= 1
+    assert calls[0] <= 2  # per solve, outside the loop (see test_reads_per_iteration)
     torch.testing.assert_close(silent.iterations, eager.iterations, rtol=0, atol=0)
     torch.testing.assert_close(silent.solution, eager.solution, rtol=0, atol=0)
     torch.testing.assert_close(silent.solution, torch.linalg.solve(a, b), rtol=1e-7, atol=0)

@@ -329,3 +329,52 @@ def test_preconditioner_capture_under_forward_over_reverse_is_explained() -> Non
 
     with pytest.raises(RuntimeError, match=r"preconditioner.*jacrev\(jacrev\)"):
         torch.func.hessian(loss, argnums=1)(d[0], b[0])
+
+
+# --- What a solver detects is kept in the result's status (issue 16) -----------------------
+
+
+def test_status_of_a_converged_solve_and_of_max_iterations() -> None:
+    a, b = _spd(), torch.ones(4, dtype=F64)
+    done = fi.CG().run(lambda v: a @ v, b)
+    assert int(done.status) == fi.Status.CONVERGED
+    assert bool(done.converged)
+    assert done.solution is done.value
+    short = fi.CG(maxiter=1, on_failure="ignore").run(lambda v: a @ v, b)
+    assert int(short.status) == fi.Status.MAX_ITERATIONS
+    with pytest.warns(fi.ConvergenceWarning, match=r"did not converge for the problem \(max_"):
+        fi.CG(maxiter=1)(lambda v: a @ v, b)
+
+
+def test_cg_reports_an_indefinite_operator() -> None:
+    a = torch.diag(torch.tensor([1.0, -1.0, 2.0], dtype=F64))
+    b = torch.tensor([1.0, 1.0, 0.0], dtype=F64)  # p^T A p = 0 at the first step
+    result = fi.CG(on_failure="ignore").run(lambda v: a @ v, b)
+    assert int(result.status) == fi.Status.INDEFINITE
+    with pytest.raises(fi.ConvergenceError, match=r"\(indefinite\)"):
+        fi.CG(on_failure="raise")(lambda v: a @ v, b)
+
+
+def test_bicgstab_reports_a_breakdown() -> None:
+    # <r_hat, A r> = 0 at the start: the recurrence cannot take a step
+    a = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=F64)
+    b = torch.tensor([1.0, 0.0], dtype=F64)
+    result = fi.BiCGStab(on_failure="ignore").run(lambda v: a @ v, b)
+    assert int(result.status) == fi.Status.BREAKDOWN
+
+
+def test_cholesky_of_an_indefinite_matrix_is_a_breakdown() -> None:
+    a = torch.diag(torch.tensor([1.0, -1.0], dtype=F64))
+    result = fi.Cholesky(on_failure="ignore").run(lambda v: a @ v, torch.ones(2, dtype=F64))
+    assert int(result.status) == fi.Status.BREAKDOWN
+
+
+def test_gmres_stagnation_and_nan_are_statuses() -> None:
+    a = torch.diag(torch.tensor([1.0, 0.0, 2.0], dtype=F64))
+    result = fi.GMRES(maxiter=10_000, on_failure="ignore").run(
+        lambda v: a @ v, torch.ones(3, dtype=F64)
+    )
+    assert int(result.status) == fi.Status.STAGNATION
+    nan = fi.CG(on_failure="ignore").run(lambda v: v, torch.tensor([1.0, NAN], dtype=F64))
+    assert int(nan.status) == fi.Status.NONFINITE
+    assert not bool(nan.converged)

@@ -1,4 +1,4 @@
-"""The transposed operator of the backward solves: ``_func.pullback``.
+"""The transposed operator of the backward solves: ``_core.func.pullback``.
 
 Inside a classic ``.backward()`` (grad mode off, no ``torch.func`` transform) an iterative
 solver only applies ``u -> J^T u``, so the products come from ``torch.autograd.grad`` over a
@@ -15,7 +15,7 @@ import torch
 from torch._functorch import eager_transforms
 
 import funcimplicit as fi
-from funcimplicit import _func
+from funcimplicit._core import func as _func
 
 F64 = torch.float64
 

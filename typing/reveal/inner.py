@@ -49,7 +49,6 @@ assert_type(method.maxiter, int)
 assert_type(method.rtol, float | None)
 assert_type(method.on_failure, Literal["warn", "raise", "ignore"])
 assert_type(method.tolerances(torch.float64), tuple[float, float])
-assert_type(fi.InnerMethod.form, str)
 inner: fi.InnerSolver = method
 
 # Status codes are an IntEnum: comparable with the int64 status tensor.

@@ -1,0 +1,1 @@
+"""Inner methods (one module per method family) and the inner solvers that run them."""

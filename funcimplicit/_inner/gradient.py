@@ -1,0 +1,69 @@
+"""Gradient descent with a backtracking line search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._core import tree as _tree
+from .._core.loop import iterate
+from .._core.tree import TreeT
+from .base import InnerMethod, InnerProblem, Solution, classify
+from .newton import backtrack
+
+__all__ = ["GradientDescent"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradientDescent(InnerMethod):
+    """Gradient descent ``x <- x - step_size * grad L(x)`` for :func:`minimize`.
+
+    With ``backtracking``, each step starts at ``step_size`` and is halved until the
+    Armijo condition holds. Also usable on a root problem (``x <- x - step_size T(x)``).
+
+    Examples:
+        >>> import torch, funcimplicit as fi
+        >>> def L(x, a):
+        ...     return ((x - a) ** 2).sum()
+        >>> a = torch.tensor([1.0, -1.0], dtype=torch.float64)
+        >>> sol = fi.minimize(L, torch.zeros(2, dtype=torch.float64), a,
+        ...                   method=fi.GradientDescent(step_size=0.25))
+        >>> sol.value.round(decimals=8), bool(sol.converged)
+        (tensor([ 1., -1.], dtype=torch.float64), True)
+    """
+
+    step_size: float = 1e-2
+    backtracking: bool = False
+    max_backtracks: int = 20
+    maxiter: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.step_size, int | float) or not self.step_size > 0:
+            raise ValueError(f"GradientDescent: step_size must be > 0; got {self.step_size!r}.")
+
+    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
+        t0 = problem.root(init)
+        r_norm = _tree.norm(t0)
+        objective = problem.objective
+
+        def step(state: Any) -> tuple[Any, torch.Tensor]:
+            x, t, _ = state
+            direction = _tree.scale(-self.step_size, t)
+            if self.backtracking and objective is not None:
+                slope = -self.step_size * _tree.vdot(t, t)
+                x = backtrack(
+                    problem, x, direction, objective(x), slope, objective, self.max_backtracks
+                )
+            else:
+                x = _tree.add(x, direction)
+            t = problem.root(x)
+            r_norm = _tree.norm(t)
+            return (x, t, r_norm), problem.finished(r_norm, x)
+
+        done = problem.finished(r_norm, init)
+        state, iterations, _ = iterate(step, (init, t0, r_norm), done, self.maxiter)
+        x, _, r_norm = state
+        return classify(x, iterations, r_norm, problem)

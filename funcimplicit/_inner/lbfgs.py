@@ -1,0 +1,198 @@
+"""L-BFGS for :func:`minimize`, and the Armijo line search it shares with Gauss-Newton."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from .._core import tree as _tree
+from .._core.loop import ALL_DONE, iterate, progress, safe_div
+from .._core.tree import TreeT
+from .base import InnerMethod, InnerProblem, Solution, classify
+
+__all__ = ["LBFGS", "armijo"]
+
+#: Sufficient-decrease constant of the Armijo condition.
+ARMIJO_C1 = 1e-4
+
+
+def armijo(
+    objective: Callable[[Any], torch.Tensor],
+    x: Any,
+    direction: Any,
+    value: torch.Tensor,
+    slope: torch.Tensor,
+    max_steps: int,
+    skip: torch.Tensor,
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Backtracking on ``t`` in ``1, 1/2, 1/4, ...`` until
+    ``objective(x + t d) <= value + c1 t slope`` (with ``slope = grad . d < 0``).
+
+    Returns ``(x_new, value_new, accepted)`` per element. An element whose condition never
+    holds in ``max_steps`` trials does not move (``x_new = x``): the objective never
+    increases, by more than its rounding: where ``|t slope|`` is below ``4 eps |L|`` the
+    test cannot be resolved in floating point, and a trial no higher than ``L + 4 eps |L|``
+    passes. Elements flagged in ``skip`` (finished ones) take no trial at all.
+    """
+    rounding = 4 * torch.finfo(value.dtype).eps
+    t = torch.ones_like(value)
+    accepted = torch.zeros_like(value, dtype=torch.bool)
+    new_value = value
+    settled = skip | accepted
+    for _ in range(max_steps):
+        if progress(settled) == ALL_DONE:
+            break
+        trial = objective(_tree.axpy(t, direction, x))
+        # Where the predicted decrease is below the rounding of L, L cannot resolve it: a
+        # trial that does not rise by more than that rounding passes (near a solution).
+        noise = rounding * torch.abs(value)
+        sufficient = trial <= value + ARMIJO_C1 * t * slope
+        unresolved = (-t * slope <= noise) & (trial <= value + noise)
+        good = ~settled & torch.isfinite(trial) & (sufficient | unresolved)
+        new_value = torch.where(good, trial, new_value)
+        accepted = accepted | good
+        settled = settled | good
+        t = torch.where(settled, t, 0.5 * t)
+    x_new = _tree.where(accepted, _tree.axpy(t, direction, x), x)
+    return x_new, new_value, accepted
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.sum(a * b)  # not torch.dot: the same rounding batched or not (see _tree)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LBFGS(InnerMethod):
+    """Limited-memory BFGS for :func:`minimize` (and :func:`least_squares`).
+
+    Keeps the last ``memory`` pairs ``s = x_{k+1} - x_k``, ``y = g_{k+1} - g_k`` and applies
+    the inverse-Hessian estimate ``H`` to the gradient by the two-loop recursion, with
+    ``H_0 = gamma I``, ``gamma = s^T y / y^T y`` from the newest pair (``min(1, 1/||g_0||)``
+    before any). Each step ``x <- x + t d``, ``d = -H g``, takes the largest ``t`` in
+    ``1, 1/2, ...`` (at most ``max_backtracks`` halvings) meeting the Armijo condition
+    ``L(x + t d) <= L(x) + 1e-4 t g^T d``, so ``L`` never increases. A pair with
+    ``s^T y <= 0`` (possible without a Wolfe curvature condition) is not stored, so ``H``
+    stays positive definite and ``d`` a descent direction; a step that finds no decrease
+    clears the memory and retries from the scaled gradient, and an element for which even
+    that fails stops (reported as not converged unless its gradient meets the tolerance).
+
+    Runs under ``vmap`` with per-element state: every element has its own memory, step
+    length and stopping decision.
+
+    Attributes:
+        memory: number of stored pairs.
+        max_backtracks: halvings of the step before it is declared failed.
+
+    Examples:
+        >>> import torch, funcimplicit as fi
+        >>> def L(w, X, y):  # logistic regression with a little ridge
+        ...     return torch.nn.functional.softplus(-y * (X @ w)).sum() + 0.05 * (w ** 2).sum()
+        >>> X = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.3, -1.0]], dtype=torch.float64)
+        >>> y = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
+        >>> sol = fi.minimize(L, torch.zeros(2, dtype=torch.float64), X, y, method=fi.LBFGS())
+        >>> bool(sol.converged), bool(sol.residual_norm <= 1e-8)
+        (True, True)
+    """
+
+    memory: int = 10
+    max_backtracks: int = 30
+    maxiter: int = 500
+
+    problem_kinds: ClassVar[tuple[str, ...]] = ("minimize", "least_squares")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("memory", "max_backtracks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LBFGS: {name} must be a positive int; received {value!r}.")
+
+    @property
+    def failure_hint(self) -> str:
+        return (
+            "Raise maxiter, loosen rtol/atol, check that the objective is smooth and bounded "
+            "below, or try Newton()."
+        )
+
+    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
+        if problem.objective is None:  # guarded by the entry points; for methods run directly
+            raise TypeError("LBFGS.run: the problem has no objective; use it with fi.minimize.")
+        call_objective = problem.objective
+        x0, unravel = _tree.ravel(init)
+
+        def objective(v: torch.Tensor) -> torch.Tensor:
+            value: torch.Tensor = call_objective(unravel(v))
+            return value
+
+        def gradient(v: torch.Tensor) -> torch.Tensor:
+            return _tree.ravel(problem.root(unravel(v)))[0]
+
+        m = self.memory
+        f0 = objective(x0)
+        g0 = gradient(x0)
+        g_norm = torch.linalg.vector_norm(g0)
+        one = torch.ones_like(g_norm)
+        gamma0 = torch.minimum(one, safe_div(one, g_norm))
+        pairs = torch.zeros(m, x0.shape[0], dtype=x0.dtype, device=x0.device) * g_norm
+        rho = torch.zeros(m, dtype=x0.dtype, device=x0.device) * g_norm
+        eye = torch.eye(m, dtype=x0.dtype, device=x0.device)
+        counter = [0]  # the loop's iteration index, the same for every active element
+
+        def step(state: Any) -> tuple[Any, torch.Tensor]:
+            x, f, g, S, Y, rho, gamma, _, finished = state
+            k = counter[0]
+            counter[0] += 1
+            was_empty = (rho == 0).all()
+            # Two-loop recursion: d = -H g. Empty (or skipped) slots have rho = 0: no effect.
+            q = g
+            alphas = []
+            for i in range(m):
+                j = (k - 1 - i) % m
+                a = rho[j] * _dot(S[j], q)
+                q = q - a * Y[j]
+                alphas.append((j, a))
+            r = gamma * q
+            for j, a in reversed(alphas):
+                b = rho[j] * _dot(Y[j], r)
+                r = r + (a - b) * S[j]
+            d = -r
+            slope = _dot(g, d)
+            # H is positive definite by construction; rounding aside, d descends.
+            descent = torch.isfinite(slope) & (slope < 0)
+            d = torch.where(descent, d, -gamma * g)
+            slope = torch.where(descent, slope, -gamma * _dot(g, g))
+
+            x_new, f_new, accepted = armijo(
+                objective, x, d, f, slope, self.max_backtracks, finished
+            )
+            g_new = gradient(x_new)
+            s, y = x_new - x, g_new - g
+            sy, yy = _dot(s, y), _dot(y, y)
+            tiny = (
+                torch.finfo(x.dtype).eps * torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y)
+            )
+            usable = accepted & (sy > tiny)
+            slot = eye[k % m]
+            keep = (1 - slot * usable.to(x.dtype))[:, None]
+            S = S * keep + (1 - keep) * s[None, :]
+            Y = Y * keep + (1 - keep) * y[None, :]
+            rho = rho * keep[:, 0] + (1 - keep[:, 0]) * safe_div(torch.ones_like(sy), sy)
+            gamma = torch.where(usable, safe_div(sy, yy), gamma)
+            # No decrease: forget the memory, restart from the scaled gradient; if the
+            # memory was already empty (the step was along -gamma g), the element stalls.
+            g_norm = torch.linalg.vector_norm(g_new)
+            restart_gamma = torch.minimum(torch.ones_like(g_norm), safe_div(one, g_norm))
+            rho = torch.where(accepted, rho, torch.zeros_like(rho))
+            gamma = torch.where(accepted, gamma, restart_gamma)
+            stalled = ~accepted & was_empty & ~finished
+            done = problem.finished(g_norm, x_new) | stalled
+            return (x_new, f_new, g_new, S, Y, rho, gamma, g_norm, done), done
+
+        done = problem.finished(g_norm, x0)
+        state = (x0, f0, g0, pairs, pairs, rho, gamma0, g_norm, done)
+        state, iterations, _ = iterate(step, state, done, self.maxiter)
+        x, g_norm = state[0], state[7]
+        return classify(unravel(x), iterations, g_norm, problem)

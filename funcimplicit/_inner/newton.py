@@ -1,0 +1,112 @@
+"""Newton's method for roots, with an optional backtracking line search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .._core import func as _func
+from .._core import tree as _tree
+from .._core.loop import ALL_DONE, iterate, progress
+from .._core.tree import TreeT
+from .._linear.adapter import as_linear_solver
+from .._linear.base import LinearSolver
+from .._linear.gmres import GMRES
+from .base import InnerMethod, InnerProblem, Solution, classify
+
+__all__ = ["Newton", "backtrack"]
+
+
+def backtrack(
+    problem: InnerProblem,
+    x: Any,
+    direction: Any,
+    merit_x: torch.Tensor,
+    slope: torch.Tensor,
+    merit: Any,
+    max_steps: int,
+) -> Any:
+    """Armijo backtracking: the largest ``t`` in ``1, 1/2, ...`` with
+    ``merit(x + t d) <= merit(x) + 1e-4 t slope``; the last ``t`` if none qualifies."""
+    t = torch.ones_like(merit_x)
+    accepted = torch.zeros_like(merit_x, dtype=torch.bool)
+    for _ in range(max_steps):
+        trial = merit(_tree.axpy(t, direction, x))
+        good = torch.isfinite(trial) & (trial <= merit_x + 1e-4 * t * slope)
+        accepted = accepted | good
+        if progress(accepted) == ALL_DONE:
+            break
+        t = torch.where(accepted, t, 0.5 * t)
+    return _tree.axpy(t, direction, x)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Newton(InnerMethod):
+    """Newton's method for ``T(x) = 0``: solve ``J s = -T(x)`` with any linear solver.
+
+    ``J`` is applied as a JVP of ``T`` (never formed unless ``solve`` is dense). With
+    ``backtracking``, the step is shortened (halved up to ``max_backtracks`` times) until
+    the merit ``||T||^2 / 2`` (the objective, when minimizing) decreases enough. For a
+    minimization ``J`` is the Hessian: ``solve=fi.CG()`` gives Newton-CG.
+
+    Examples:
+        >>> import torch, funcimplicit as fi
+        >>> def T(x, a):
+        ...     return x ** 3 - a
+        >>> a = torch.tensor([8.0, 27.0], dtype=torch.float64)
+        >>> fi.solve_root(T, torch.ones(2, dtype=torch.float64), a, method=fi.Newton()).value
+        tensor([2., 3.], dtype=torch.float64)
+    """
+
+    # Typed as the protocol (what reading ``.solve`` gives); a plain callable
+    # ``solve(matvec, b) -> x`` is accepted too and wrapped at construction.
+    solve: LinearSolver = field(default_factory=lambda: GMRES(on_failure="ignore"))
+    backtracking: bool = True
+    max_backtracks: int = 20
+    maxiter: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "solve", as_linear_solver(self.solve, "Newton(solve=...)"))
+        if not isinstance(self.max_backtracks, int) or self.max_backtracks < 1:
+            raise ValueError(f"Newton: max_backtracks must be >= 1; got {self.max_backtracks!r}.")
+
+    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
+        minimizing = problem.objective is not None
+
+        def merit(x: Any) -> torch.Tensor:
+            if problem.objective is not None:
+                value: torch.Tensor = problem.objective(x)
+                return value
+            t = problem.root(x)
+            return 0.5 * _tree.vdot(t, t)
+
+        t0 = problem.root(init)
+        r_norm = _tree.norm(t0)
+
+        def step(state: Any) -> tuple[Any, torch.Tensor]:
+            x, t, _ = state
+
+            # J s = -T(x), J v = d/de T(x + e v); a Hessian (minimizing) is its own transpose
+            if minimizing:
+                _, pullback = _func.vjp(problem.root, x)
+                jacobian = lambda v: pullback(v)[0]  # noqa: E731
+            else:
+                jacobian = _func.linearize(problem.root, x)
+            s = as_linear_solver(self.solve, "Newton").run(jacobian, _tree.scale(-1.0, t)).solution
+            if self.backtracking:
+                # slope of the merit along s: grad(L) . s, or -||T||^2 for the exact step
+                slope = _tree.vdot(t, s) if minimizing else -_tree.vdot(t, t)
+                x = backtrack(problem, x, s, merit(x), slope, merit, self.max_backtracks)
+            else:
+                x = _tree.add(x, s)
+            t = problem.root(x)
+            r_norm = _tree.norm(t)
+            return (x, t, r_norm), problem.finished(r_norm, x)
+
+        done = problem.finished(r_norm, init)
+        state, iterations, _ = iterate(step, (init, t0, r_norm), done, self.maxiter)
+        x, _, r_norm = state
+        return classify(x, iterations, r_norm, problem)

@@ -1,0 +1,1 @@
+"""The stateful ``nn.Module`` shell over the functional core (public as ``funcimplicit.nn``)."""

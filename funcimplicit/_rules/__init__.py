@@ -1,0 +1,1 @@
+"""The derivative rules: the implicit rule, ``linear_solve``, the decorators, hypergradients."""

@@ -1,0 +1,408 @@
+"""The implicit rule for a root ``T(theta*, args) = 0``: ``attach``, which gives any solution
+its implicit derivatives (``root_vjp`` and ``root_jvp`` as plain functions: ``derivatives.py``).
+
+Differentiating ``T(theta*(a), a) = 0`` gives ``A dtheta* = -B da`` with ``A = dT/dtheta``
+and ``B = dT/da`` at the solution. ``attach`` evaluates ``z = T(theta*, args)`` once, at the
+detached solution, as ordinary code: autograd and ``torch.func`` then see everything ``T``
+touches (explicit arguments, module parameters, closures, containers) and carry ``dz = B da``
+for all of it. One ``autograd.Function`` of ``z`` returns ``theta*`` and maps
+
+    dtheta* = -A^{-1} dz          (forward mode: one solve with A)
+    grad_z  = -A^{-T} v           (reverse mode: one solve with A^T for a cotangent v)
+
+so first derivatives are exact for whatever ``T`` reads. ``A`` is only applied (a VJP or JVP
+of ``T`` in ``theta``), never formed, and both solves go through ``linear_solve``'s own rule.
+
+Second order. ``z`` is evaluated at the detached solution, so the derivative of ``B`` along
+``theta*(a)`` is missing from ``grad_z``'s graph. For explicit arguments the rule adds the
+zero-valued term ``B(theta_out)^T (-u) - B(theta*)^T (-u)`` (``theta_out``: the output, which
+carries its own derivative), which restores it exactly. A tensor ``T`` merely captures cannot
+be reached that way: where a second derivative could flow through one, the rule refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._core import func as _func
+from .._core import tree as _tree
+from .._core.checks import (
+    check_same_layout,
+    derivatives_possible,
+    refuse_forward_over_forward,
+    refuse_whole_graph_trace,
+)
+from .._core.compat import (
+    differentiating_levels,
+    forward_ad_level,
+    is_compiling,
+    is_transformed,
+    never_compiled,
+    physical,
+    transform_levels,
+    without_saved_tensor_hooks,
+)
+from .._core.result import ConvergenceError, ConvergenceWarning
+from .._linear.base import LinearSolverBase
+from .derivatives import check_finite, forward_solve, transposed_solve
+from .linear import solve_tree
+from .packing import ArgsLayout, TensorPool, TreeLayout
+
+__all__ = ["RootProblem", "attach"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a callback touches, and when a second derivative can flow.
+
+
+def _captured(outputs: Sequence[torch.Tensor], explicit: Sequence[torch.Tensor]) -> list[str]:
+    """Tensors the graph of ``outputs`` reaches that are not the ``explicit`` ones.
+
+    Walks the autograd graph recorded by ``T`` (classic, or a ``torch.func`` grad level's),
+    stopping at the explicit tensors. Each ``AccumulateGrad`` node reached otherwise is a
+    captured leaf that carries derivatives (a module parameter, a closure, a global).
+    """
+    stops = {id(t.grad_fn) for t in explicit if t.grad_fn is not None}
+    known = {id(t) for t in explicit}
+    found: list[str] = []
+    seen: set[int] = set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen or id(node) in stops:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            if id(variable) not in known:
+                found.append(f"a tensor of shape {tuple(variable.shape)}")
+            continue
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return found
+
+
+def _carries_derivatives(tensors: Sequence[torch.Tensor]) -> bool:
+    if forward_ad_level() >= 0:
+        return True
+    return any(t.requires_grad or is_transformed(t) for t in tensors)
+
+
+@dataclass(frozen=True, eq=False)
+class RootProblem:
+    """What the implicit rule needs besides tensors; travels through ``Function.apply``.
+
+    Packed tensors: ``z`` (``T`` at the detached solution), the detached solution, then the
+    tensors of the arguments.
+    """
+
+    optimality_fn: Callable[..., Any]
+    solve: LinearSolverBase
+    label: str
+    z: TreeLayout
+    solution: TreeLayout
+    args: ArgsLayout
+    differentiable: frozenset[int]  # packed indices of explicit tensors that get derivatives
+    captured: tuple[str, ...]  # what T reaches besides them (refused for second order)
+    level: int | None  # the innermost differentiating torch.func level at attach time
+
+    def second_order(self, tensors: Sequence[torch.Tensor]) -> bool:
+        """Whether what the rule computes now may itself be differentiated."""
+        levels = transform_levels()
+        if levels is None:
+            return True
+        others = [lv for lv in differentiating_levels(levels) if lv != self.level]
+        if others:
+            return True
+        if self.level is not None:
+            return False
+        return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+    def gap(
+        self, tensors: Sequence[Any], solution: Any, chosen: Sequence[int]
+    ) -> Callable[..., Any]:
+        """``a -> T(theta_out, a) - T(theta*, a)`` in the explicit tensors at ``chosen``: zero
+        in value, it carries the derivative of ``B`` along the solution (second order)."""
+        detached = self.solution.rebuild(tensors)
+
+        def gap(*values: torch.Tensor) -> Any:
+            moved = self.args.replaced(tensors, chosen, values)
+            return _tree.sub(
+                self.optimality_fn(solution, *moved), self.optimality_fn(detached, *moved)
+            )
+
+        return gap
+
+    def refuse_captured(self) -> None:
+        if not self.captured:
+            return
+        raise NotImplementedError(
+            f"{self.label}: a second derivative through a tensor the optimality function "
+            f"captures ({', '.join(self.captured[:3])}"
+            + (", ..." if len(self.captured) > 3 else "")
+            + ") is not supported: the implicit rule differentiates captured tensors to "
+            "first order only. Pass the tensors as explicit arguments of the solver and the "
+            "optimality function (for an nn.Module, its parameters through "
+            "torch.func.functional_call), which makes second derivatives exact."
+        )
+
+
+class _ImplicitRootFunction(torch.autograd.Function):
+    """``theta*`` from ``(z, theta*, args)``; derivatives ``-A^{-1} dz`` / ``-A^{-T} v``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(problem: RootProblem, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        refuse_whole_graph_trace(problem, RootProblem, "fi.implicit_root / fi.fixed_point")
+        return tuple(tensors[i].clone() for i in problem.solution.index)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        # z is not needed again; the rule is evaluated at the *output* solution, which carries
+        # its own derivative (the detached input alone would lose second derivatives).
+        problem, *tensors = inputs
+        ctx.problem = problem
+        kept = tensors[len(problem.z.index) :]
+        ctx.save_for_backward(*kept, *output)
+        ctx.save_for_forward(*kept, *output)
+
+    @staticmethod
+    @never_compiled
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        problem: RootProblem = ctx.problem
+        tensors, outputs = _unpack(ctx)
+        nz = len(problem.z.index)
+        result: list[torch.Tensor | None] = [None] * (nz + len(tensors) - nz)
+        if all(g is None for g in grads):
+            return (None, *result)
+        v = _tree.unflatten(
+            problem.solution.spec,
+            [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs, strict=True)],
+        )
+        check_finite(
+            v,
+            f"{problem.label}: the cotangent of the solution contains NaN or Inf; the outer "
+            "loss or its gradient is not finite.",
+        )
+        solution = _tree.unflatten(problem.solution.spec, list(outputs))
+        args = problem.args.rebuild(tensors)
+        second = problem.second_order([*outputs, *_tree.flatten(v)[0]])
+        if second:
+            problem.refuse_captured()
+        # With captured tensors, a first-order solve runs directly, not through linear_solve's
+        # Function: that forward runs below the current torch.func level, where a tensor T
+        # captured from that level cannot be read (a torch INTERNAL ASSERT under vmap(grad)).
+        u = solve_tree(
+            transposed_solve(problem.optimality_fn, problem.solve, problem.label),
+            v,
+            (solution, *args),
+            differentiable=second or not problem.captured,
+        )
+        minus_u = _tree.scale(-1.0, u)
+        for k, g in enumerate(_tree.flatten(minus_u)[0]):
+            result[k] = g
+        chosen = [i for i in sorted(problem.differentiable) if ctx.needs_input_grad[1 + i]]
+        if second and chosen:
+            # B(theta_out)^T (-u) - B(theta*)^T (-u): zero, but differentiable along theta_out.
+            gap = problem.gap(tensors, solution, chosen)
+            _, pullback = _func.vjp(gap, *[tensors[i] for i in chosen])
+            for i, g in zip(chosen, pullback(minus_u), strict=True):
+                result[i] = g
+        return (None, *result)
+
+    @staticmethod
+    @never_compiled
+    def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        problem: RootProblem = ctx.problem
+        refuse_forward_over_forward(problem.label)
+        tensors, outputs = _unpack(ctx)
+        nz = len(problem.z.index)
+        dz = [
+            torch.zeros_like(o) if t is None else t
+            for t, o in zip(tangents[1 : 1 + nz], outputs, strict=True)
+        ]
+        rhs = _tree.scale(-1.0, _tree.unflatten(problem.solution.spec, dz))
+        solution = _tree.unflatten(problem.solution.spec, list(outputs))
+        args = problem.args.rebuild(tensors)
+        dt = tangents[1:]
+        moving = [i for i in sorted(problem.differentiable) if dt[i] is not None]
+        second = problem.second_order([*outputs, *dz])
+        if moving and second:
+            # B(theta_out) t - B(theta*) t: zero, but differentiable along theta_out.
+            problem.refuse_captured()
+            _, b_gap = _func.jvp(
+                problem.gap(tensors, solution, moving),
+                tuple(tensors[i] for i in moving),
+                tuple(dt[i] for i in moving),
+            )
+            rhs = _tree.sub(rhs, b_gap)
+        elif second:
+            problem.refuse_captured()
+        s = solve_tree(
+            forward_solve(problem.optimality_fn, problem.solve, problem.label),
+            rhs,
+            (solution, *args),
+            differentiable=second or not problem.captured,
+        )
+        return tuple(_tree.flatten(s)[0])
+
+
+def _unpack(ctx: Any) -> tuple[list[Any], tuple[torch.Tensor, ...]]:
+    """The packed tensors (``z`` slots empty) and the differentiable output solution."""
+    problem: RootProblem = ctx.problem
+    saved = ctx.saved_tensors
+    nz = len(problem.z.index)
+    count = len(saved) - len(problem.solution.index)
+    tensors: list[Any] = [None] * nz + list(saved[:count])
+    return tensors, tuple(saved[count:])
+
+
+def _root_check(z: Any, solution: Any, label: str, on_failure: str) -> None:
+    """Report a returned point that is not a root: ``||T(x*)||_inf`` above the tolerance.
+
+    Eager only (one host read); the tolerance ``eps**(1/3) * max(1, ||x*||_inf)`` (about
+    6e-6 in float64, 5e-3 in float32) passes any solve run to its usual tolerances and catches
+    a solver that stopped far from a root or returned the wrong point.
+    """
+    if on_failure == "ignore" or is_compiling():
+        return
+    z_leaves = [physical(t) for t in _tree.flatten(z)[0]]
+    x_leaves = [physical(t) for t in _tree.flatten(solution)[0]]
+    if any(t is None for t in (*z_leaves, *x_leaves)):
+        return
+    plain_z = [t for t in z_leaves if t is not None and t.numel()]
+    if not plain_z:
+        return
+    plain_x = [t for t in x_leaves if t is not None and t.numel()]
+    stats = torch.stack(
+        [
+            torch.stack([t.detach().abs().max() for t in plain_z]).max(),
+            torch.stack([t.detach().abs().max() for t in plain_x]).max()
+            if plain_x
+            else torch.zeros((), dtype=plain_z[0].dtype, device=plain_z[0].device),
+        ]
+    ).double()
+    residual, scale = stats.tolist()
+    tolerance = torch.finfo(plain_z[0].dtype).eps ** (1 / 3) * max(1.0, scale)
+    if residual <= tolerance:
+        return
+    if residual != residual or residual == float("inf"):
+        message = (
+            f"{label}: the optimality function is not finite at the returned solution "
+            f"(max |T(x*, args)| = {residual:.3g}), so it has no implicit derivative."
+        )
+        raise ValueError(message)
+    message = (
+        f"{label}: the returned solution is not a root of the optimality function: "
+        f"max |T(x*, args)| = {residual:.3g} > {tolerance:.3g} (eps**(1/3) * max(1, "
+        "max |x*|)). Its implicit derivative is evaluated there anyway and may be wrong: run "
+        "the solver to convergence (more iterations, a smaller tolerance), or check that the "
+        "optimality function matches the problem the solver solves."
+    )
+    if on_failure == "raise":
+        raise ConvergenceError(message)
+    import warnings
+
+    warnings.warn(message, ConvergenceWarning, stacklevel=4)
+
+
+def attach(
+    optimality_fn: Callable[..., Any],
+    solution: Any,
+    args: tuple[Any, ...],
+    differentiable: Sequence[int],
+    solve: LinearSolverBase,
+    label: str,
+    *,
+    check_root: bool = True,
+) -> Any:
+    """Return ``solution`` carrying implicit derivatives with respect to ``args[k]`` for ``k``
+    in ``differentiable`` (positions in ``args``; other arguments are constants) and to every
+    tensor ``optimality_fn`` reaches by itself (module parameters, closures, globals).
+
+    With ``check_root``, a solution that is not a root is reported in eager mode (a
+    ``ConvergenceWarning``, or ``ConvergenceError`` where the solver's ``on_failure`` says
+    ``"raise"``).
+    """
+    x = _tree.map_leaves(torch.Tensor.detach, solution)
+    chosen = set(differentiable)
+    args = tuple(
+        a
+        if k in chosen
+        else _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, a)
+        for k, a in enumerate(args)
+    )
+    if not derivatives_possible():
+        if check_root:
+            with torch.no_grad():
+                z = optimality_fn(x, *args)
+            check_same_layout(z, x, label, "optimality_fn(solution, *args)", "the solution")
+            _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
+        return x
+    if is_compiling():
+        z = optimality_fn(x, *args)
+    else:
+        with without_saved_tensor_hooks():
+            z = optimality_fn(x, *args)
+    check_same_layout(z, x, label, "optimality_fn(solution, *args)", "the solution")
+    if check_root:
+        _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
+    if not is_compiling() and not _carries_derivatives(_tree.flatten(z)[0]):
+        return x
+    return _apply_rule(optimality_fn, solve, label, z, x, args, chosen)
+
+
+def _apply_rule(
+    optimality_fn: Callable[..., Any],
+    solve: LinearSolverBase,
+    label: str,
+    z: Any,
+    x: Any,
+    args: tuple[Any, ...],
+    chosen: set[int],
+) -> Any:
+    """Pack ``z``, the solution and the arguments into the rule's Function."""
+    z_leaves, z_spec = _tree.flatten(z)
+    # Each z leaf gets a slot of its own (a leaf T returned twice, or returned unchanged,
+    # would otherwise share one with the solution or an argument).
+    taken = {id(t) for t in (*_tree.flatten(x)[0], *_tree.flatten(args)[0])}
+    distinct: list[torch.Tensor] = []
+    for leaf in z_leaves:
+        distinct.append(leaf.view_as(leaf) if id(leaf) in taken else leaf)
+        taken.add(id(leaf))
+    pool = TensorPool()
+    z_layout = pool.add_tree(_tree.unflatten(z_spec, distinct))
+    solution_layout = pool.add_tree(x)
+    args_layout = pool.add_args(args)
+    explicit: list[torch.Tensor] = []
+    marked: set[int] = set()
+    for k in chosen:
+        for leaf in _tree.flatten(args[k])[0]:
+            if isinstance(leaf, torch.Tensor):
+                marked.add(pool.add(leaf))
+                explicit.append(leaf)
+    if is_compiling():
+        # Neither the transform stack nor z's graph can be read while dynamo traces.
+        levels: list[tuple[str, int]] = []
+        captured = ["whatever it reaches (not inspectable under torch.compile)"]
+    else:
+        levels = transform_levels() or []
+        captured = _captured(z_leaves, explicit)
+    differentiating = differentiating_levels(levels)
+    problem = RootProblem(
+        optimality_fn,
+        solve,
+        label,
+        z_layout,
+        solution_layout,
+        args_layout,
+        frozenset(marked),
+        tuple(captured),
+        differentiating[-1] if differentiating else None,
+    )
+    out = _ImplicitRootFunction.apply(problem, *pool.tensors)  # type: ignore[no-untyped-call]
+    return _tree.unflatten(solution_layout.spec, list(out))

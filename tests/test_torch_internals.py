@@ -1,0 +1,152 @@
+"""Canaries for the private torch APIs the library relies on (``funcimplicit/_core/compat.py``).
+
+Every function there degrades quietly where torch moves an API: loops run to ``maxiter``
+instead of stopping once the batch is done, warnings go silent, second-order checks assume
+the worst. These tests make such a degradation fail loudly on a new torch release instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch.func import grad, jvp, vmap
+
+import funcimplicit as fi
+from funcimplicit._core import compat
+from funcimplicit._core.loop import ALL_DONE, NONE_DONE, SOME_DONE, progress
+
+f64 = torch.float64
+
+
+def test_version_is_parsed_and_tested() -> None:
+    assert tuple(int(p) for p in torch.__version__.split(".")[:2]) == compat.TORCH_VERSION
+    assert compat.TORCH_VERSION >= compat.TESTED_SINCE
+
+
+def test_physical_is_the_plain_tensor_under_vmap_and_grad() -> None:
+    x = torch.arange(6.0, dtype=f64).reshape(3, 2)
+    seen: list[torch.Tensor | None] = []
+
+    def inner(v: torch.Tensor) -> torch.Tensor:
+        seen.append(compat.physical(v))
+        assert compat.is_transformed(v)
+        return (v * v).sum()
+
+    vmap(grad(inner))(x)
+    plain = seen[0]
+    assert plain is not None
+    assert not compat.is_transformed(plain)
+    assert plain.shape == (3, 2)  # the whole batch, beneath the grad and vmap wrappers
+    torch.testing.assert_close(plain, x)
+    assert compat.physical(x) is x
+    assert not compat.is_transformed(x)
+
+
+def test_progress_reads_the_whole_batch_under_vmap() -> None:
+    flags = torch.tensor([True, False, True])
+    assert vmap(lambda f: torch.tensor(progress(f) == SOME_DONE))(flags).all()
+    assert vmap(lambda f: torch.tensor(progress(f) == ALL_DONE))(
+        torch.ones(3, dtype=torch.bool)
+    ).all()
+    assert progress(torch.tensor(False)) == NONE_DONE
+
+
+def _kinds_inside(transform: Callable[[Callable[..., Any]], Callable[..., Any]]) -> list[str]:
+    kinds: list[list[str] | None] = []
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        kinds.append(compat.active_transforms())
+        return (x * x).sum()
+
+    transform(f)(torch.ones(2, 3, dtype=f64))
+    assert kinds[0] is not None, "the functorch interpreter stack cannot be read"
+    return kinds[0]
+
+
+def test_transform_stack_reads_the_expected_kinds() -> None:
+    assert compat.active_transforms() == []
+    assert _kinds_inside(lambda f: vmap(f)) == ["Vmap"]
+    assert _kinds_inside(lambda f: lambda x: grad(f)(x[0])) == ["Grad"]
+    assert _kinds_inside(lambda f: lambda x: jvp(f, (x,), (x,))) == ["Jvp"]
+    assert _kinds_inside(lambda f: vmap(grad(f))) == ["Vmap", "Grad"]
+    levels: list[list[tuple[str, int]] | None] = []
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        levels.append(compat.transform_levels())
+        return x.sum()
+
+    vmap(grad(f))(torch.ones(2, 3))
+    (outer, inner) = levels[0] or []
+    assert outer[0] == "Vmap"
+    assert inner[0] == "Grad"
+    assert outer[1] < inner[1]
+    assert compat.differentiating_levels(levels[0] or []) == [inner[1]]
+
+
+def test_forward_ad_level() -> None:
+    assert compat.forward_ad_level() == -1
+    with torch.autograd.forward_ad.dual_level():
+        assert compat.forward_ad_level() >= 0
+    assert compat.forward_ad_level() == -1
+
+
+def test_saved_tensor_hooks_are_set_aside_and_restored() -> None:
+    x = torch.ones(3, dtype=f64)
+    with torch.autograd.graph.save_on_cpu():
+        with pytest.raises(RuntimeError):  # what the juggling works around
+            grad(lambda v: (v * v).sum())(x)
+        with compat.without_saved_tensor_hooks():
+            torch.testing.assert_close(grad(lambda v: (v * v).sum())(x), 2 * x)
+        with pytest.raises(RuntimeError):  # the hooks are back
+            grad(lambda v: (v * v).sum())(x)
+
+
+def _spd(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(n, n, generator=g, dtype=f64)
+    return m @ m.T + n * torch.eye(n, dtype=f64)
+
+
+MAXITER = 500
+
+
+def _counted_cg(a: torch.Tensor, calls: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def solve(b: torch.Tensor) -> torch.Tensor:
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            return a @ v
+
+        return fi.linear_solve(matvec, b, solve=fi.CG(maxiter=MAXITER))
+
+    return solve
+
+
+@pytest.mark.parametrize("mode", ["eager", "vmap", "vmap_grad"])
+def test_batch_wide_early_stop_is_active(mode: str) -> None:
+    """A loop stops once every element is done; were ``physical`` blind, it would run to maxiter."""
+    n = 6
+    a = _spd(n)
+    b = torch.linspace(1.0, 2.0, 4 * n, dtype=f64).reshape(4, n)
+    calls = [0]
+    solve = _counted_cg(a, calls)
+    if mode == "eager":
+        x = solve(b[0])
+    elif mode == "vmap":
+        x = vmap(solve)(b)[0]
+    else:
+        x = vmap(grad(lambda v: solve(v).pow(2).sum()))(b)[0]
+    assert torch.isfinite(x).all()
+    # CG on a 6x6 SPD system needs at most ~7 matvecs per solve (two solves under grad).
+    assert 0 < calls[0] < 40, f"{calls[0]} matvecs: the batch-wide early stop is not active"
+
+
+def test_never_compiled_marks_the_rule_for_dynamo() -> None:
+    def rule(x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+    wrapped = compat.never_compiled(rule)
+    torch.testing.assert_close(wrapped(torch.zeros(2)), torch.ones(2))
+    assert getattr(wrapped, "_torchdynamo_disable", False), "torch.compiler.disable changed"
