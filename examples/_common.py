@@ -2,7 +2,7 @@
 
 Every example is a script run as ``python examples/<name>.py [--quick] [--out DIR]``::
 
-    from _common import parse_args, print_result, seed_everything, Progress, Timer
+    from _common import parse_args, result_record, seed_everything, Progress, Timer
 
     args = parse_args("Learn per-feature ridge penalties.")
     seed_everything(args.seed)
@@ -11,17 +11,17 @@ Every example is a script run as ``python examples/<name>.py [--quick] [--out DI
         for step in range(args.steps):
             ...
             progress(step, val_mse=val_mse, test_mse=test_mse)
-    print_result("test_mse", method=test_mse, baseline=grid_mse, higher_is_better=False, seeds=1)
+    record = result_record("test_mse", test_mse, grid_mse, higher_is_better=False, seeds=1)
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 ``--quick`` asks for a smoke-test sized run (CI, ``tests/test_examples.py``); ``--out`` is the
 folder plots are written to (created if missing). Each example's output ends with one line
-written by :func:`print_result`: ``RESULT:`` and a JSON record of its outcome.
+``RESULT: {json}``, the record :func:`result_record` checks, printed by the example itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -44,7 +44,7 @@ __all__ = [
     "Progress",
     "Timer",
     "parse_args",
-    "print_result",
+    "result_record",
     "savefig",
     "seed_everything",
 ]
@@ -168,26 +168,25 @@ def savefig(fig: Figure, out: Path, name: str) -> Path:
     return path
 
 
-def print_result(
+def result_record(
     metric: str, method: float, baseline: float, higher_is_better: bool, seeds: int
-) -> None:
-    """Print the example's machine-readable outcome; call it last (nothing may follow it).
-
-    The line is ``RESULT: {"metric": ..., "method": ..., "baseline": ..., "higher_is_better":
-    ..., "seeds": ...}`` with the JSON on one line; ``tests/test_examples.py`` parses it.
-    Pass numbers computed by the run, never typed-in ones.
+) -> dict[str, object]:
+    """The example's machine-readable outcome, checked: the record an example prints last as
+    ``print(f"RESULT: {json.dumps(record)}")`` (nothing may follow it), which
+    ``tests/test_examples.py`` parses. Pass numbers computed by the run, never typed-in ones.
     """
     method, baseline = float(method), float(baseline)
     if not (math.isfinite(method) and math.isfinite(baseline)):
-        raise ValueError(f"print_result: non-finite numbers (method {method}, baseline {baseline})")
-    record = {
+        raise ValueError(
+            f"result_record: non-finite numbers (method {method}, baseline {baseline})"
+        )
+    return {
         "metric": metric,
         "method": method,
         "baseline": baseline,
         "higher_is_better": bool(higher_is_better),
         "seeds": int(seeds),
     }
-    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 class SavedBytes:

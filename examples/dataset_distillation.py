@@ -31,10 +31,11 @@ Run: ``python examples/dataset_distillation.py [--quick] [--out DIR] [--seed N]`
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 
 import torch
-from _common import Progress, Timer, parse_args, print_result, savefig, seed_everything
+from _common import Progress, Timer, parse_args, result_record, savefig, seed_everything
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -266,13 +267,14 @@ def main(args: argparse.Namespace) -> None:
         f"and {vs_means} class means ({100 * means_acc:.1f}%); {steps} steps in "
         f"{t_distill.seconds:.1f} s"
     )
-    print_result(  # the stronger of the two baselines
+    record = result_record(  # the stronger of the two baselines
         "test_accuracy",
         method=distilled_acc,
         baseline=max(random_mean, means_acc),
         higher_is_better=True,
         seeds=1,
     )
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ Run: ``python examples/deq_digits.py [--quick] [--out DIR]``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from _common import Progress, SavedBytes, parse_args, print_result, savefig, seed_everything
+from _common import Progress, SavedBytes, parse_args, result_record, savefig, seed_everything
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
@@ -289,13 +290,14 @@ def main(args: argparse.Namespace) -> None:
         f"{seconds:.0f} s in all"
     )
     # The claim this example measures: equal accuracy for a fraction of the training memory.
-    print_result(
+    record = result_record(
         "saved_for_backward_mib_per_training_step",
         method=b_imp / 2**20,
         baseline=b_unr / 2**20,
         higher_is_better=False,
         seeds=1,
     )
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 if __name__ == "__main__":

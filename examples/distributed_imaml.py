@@ -34,13 +34,14 @@ Run::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from _common import Progress, Timer, parse_args, print_result, savefig, seed_everything
+from _common import Progress, Timer, parse_args, result_record, savefig, seed_everything
 from imaml_digits import (
     Config,
     Episodes,
@@ -433,13 +434,14 @@ def report(
         f"{spread:.0e}; {nbytes} bytes all-reduced per step",
         flush=True,
     )
-    print_result(  # what meta-training buys on novel classes
+    record = result_record(  # what meta-training buys on novel classes
         "novel_digits_5shot_accuracy_percent",
         method=n1,
         baseline=n0,
         higher_is_better=True,
         seeds=1,
     )
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -48,6 +48,7 @@ Run: ``python examples/imaml_digits.py [--quick] [--out DIR]``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable
@@ -61,7 +62,7 @@ from _common import (
     SavedBytes,
     Timer,
     parse_args,
-    print_result,
+    result_record,
     savefig,
     seed_everything,
 )
@@ -557,13 +558,14 @@ def main(args: argparse.Namespace) -> None:
         f"total {total.seconds:.0f} s of meta-training"
     )
     # 1-shot on novel digits against the stronger of the two baselines that need no meta-gradient.
-    print_result(
+    record = result_record(
         "novel_digits_1shot_accuracy_percent",
         method=i1[0],
         baseline=max(c1[0], results[("no meta-training, proximal inner", 1)][0]),
         higher_is_better=True,
         seeds=1,
     )
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,12 +35,13 @@ Run: ``python examples/imaml_sinusoid.py [--quick] [--out DIR]``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from _common import Progress, Timer, parse_args, print_result, savefig, seed_everything
+from _common import Progress, Timer, parse_args, result_record, savefig, seed_everything
 from torch import Tensor
 
 import funcimplicit as fi
@@ -235,13 +236,14 @@ def main(args: argparse.Namespace) -> None:
     baseline = min(
         float(rows[k].mean()) for k in rows if not k.startswith("iMAML")
     )  # the stronger baseline
-    print_result(
+    record = result_record(
         "heldout_query_mse",
         method=float(rows["iMAML (implicit meta-gradients)"].mean()),
         baseline=baseline,
         higher_is_better=False,
         seeds=1,
     )
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 def plot(

@@ -39,13 +39,14 @@ Run: ``python examples/logistic_weight_decay.py [--quick] [--out DIR] [--seeds N
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from _common import Progress, Timer, parse_args, print_result, savefig, seed_everything
+from _common import Progress, Timer, parse_args, result_record, savefig, seed_everything
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -313,13 +314,14 @@ def main(args: argparse.Namespace) -> None:
     wins = sum(r.test[METHODS[1]][0] < r.test[METHODS[0]][0] for r in results)
     print(f"  grouped decays have the lower test log-loss on {wins} of {seeds} seeds")
     plot(results, args)
-    print_result(
+    record = result_record(
         "test_log_loss",
         method=statistics.mean(r.test[METHODS[1]][0] for r in results),
         baseline=statistics.mean(r.test[METHODS[0]][0] for r in results),
         higher_is_better=False,
         seeds=seeds,
     )
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 def plot(results: list[SeedResult], args: argparse.Namespace) -> None:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import warnings
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from _common import Progress, Timer, parse_args, print_result, savefig, seed_everything
+from _common import Progress, Timer, parse_args, result_record, savefig, seed_everything
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -360,13 +361,14 @@ def main(args: argparse.Namespace) -> None:
         f"vs scikit-learn, max relative difference {max(r.sklearn_gap for r in results):.1e}"
     )
     plot(results, rows, strongest, args)
-    print_result(
+    record = result_record(
         "test_accuracy",
         method=statistics.mean(method),
         baseline=statistics.mean(rows[strongest]),
         higher_is_better=True,
         seeds=seeds,
     )
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 def plot(

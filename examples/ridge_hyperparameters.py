@@ -29,10 +29,11 @@ Run: ``python examples/ridge_hyperparameters.py [--quick] [--out DIR]``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import torch
-from _common import Progress, Timer, parse_args, print_result, savefig, seed_everything
+from _common import Progress, Timer, parse_args, result_record, savefig, seed_everything
 from sklearn.datasets import load_diabetes
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
@@ -264,7 +265,10 @@ def main(args: argparse.Namespace) -> None:
         f"test MSE {unr_test:.4f}; implicit vs unrolled K={unroll} hypergradient cosine "
         f"{agreement[100][0]:.4f}"
     )
-    print_result("test_mse", method=imp_test, baseline=grid_test, higher_is_better=False, seeds=1)
+    record = result_record(
+        "test_mse", method=imp_test, baseline=grid_test, higher_is_better=False, seeds=1
+    )
+    print(f"RESULT: {json.dumps(record)}", flush=True)
 
 
 def plot(
