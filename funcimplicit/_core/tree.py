@@ -21,6 +21,7 @@ __all__ = [
     "TreeT",
     "add",
     "axpy",
+    "detached",
     "flatten",
     "map_leaves",
     "norm",
@@ -77,6 +78,11 @@ def map_leaves(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     if isinstance(tree, torch.Tensor):
         return fn(tree, *rest)
     return optree.tree_map(fn, tree, *rest, namespace=_NAMESPACE)
+
+
+def detached(tree: Any) -> Any:
+    """``tree`` with every tensor leaf detached (other leaves untouched)."""
+    return map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, tree)
 
 
 def add(a: TreeT, b: TreeT) -> TreeT:

@@ -52,10 +52,6 @@ class _Stationarity:
         return torch.func.grad(self.objective)(x, *args)
 
 
-def _detached(tree: Any) -> Any:
-    return _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, tree)
-
-
 class _CheckedOnce:
     """The user's function, its first output checked: shaped like ``x``, or a scalar loss."""
 
@@ -114,7 +110,9 @@ def _run(
     rtol, atol = method.tolerances(leaves[0].dtype)
     # A fresh start: the result may be the start itself when no iteration is needed.
     start = _tree.map_leaves(torch.clone, init)
-    inner_init, inner_args = (_detached(start), _detached(args)) if implicit else (start, args)
+    inner_init, inner_args = (
+        (_tree.detached(start), _tree.detached(args)) if implicit else (start, args)
+    )
 
     names = {"fixed_point": "fixed_point_fn", "root": "root_fn", "minimize": "objective"}
     checked = _CheckedOnce(fn, call, names.get(kind, ""), scalar=kind == "minimize")

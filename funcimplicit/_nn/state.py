@@ -42,9 +42,7 @@ def put(registry: dict[str, Any], key: str, value: Any) -> None:
     registry[key] = value
 
 
-def detached(tree: Any) -> Any:
-    """``tree`` with every tensor leaf detached (other leaves untouched)."""
-    return _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, tree)
+detached = _tree.detached
 
 
 def _is_meta_tensor(value: Any) -> bool:

@@ -83,8 +83,10 @@ def _decorate(
                     f"{len(args)} positional arguments (0 = init, 1..{len(rest)} = the rest)."
                 )
             # The solver's own iterations are never differentiated: it sees detached inputs.
-            detached = tuple(_detach_tree(a) for a in args)
-            result: Any = inner_solver(*detached, **{k: _detach_tree(v) for k, v in kwargs.items()})
+            detached = tuple(_tree.detached(a) for a in args)
+            result: Any = inner_solver(
+                *detached, **{k: _tree.detached(v) for k, v in kwargs.items()}
+            )
             if has_aux:
                 if not (isinstance(result, tuple) and len(result) == 2):
                     raise TypeError(
@@ -108,7 +110,7 @@ def _decorate(
                     keywords = {
                         k: v
                         if _signature_position(inner_solver, k) in positions
-                        else _detach_tree(v)
+                        else _tree.detached(v)
                         for k, v in keywords.items()
                     }
                 rule = _KeywordsLast(optimality_fn)
@@ -120,10 +122,6 @@ def _decorate(
         return solve_with_implicit_derivatives
 
     return decorator
-
-
-def _detach_tree(tree: Any) -> Any:
-    return _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, tree)
 
 
 def _keywords_for(optimality_fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:

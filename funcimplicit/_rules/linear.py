@@ -216,13 +216,10 @@ def solve_tree(
     # attaches the rule. Inside Function.forward the outer levels are lowered, and a
     # callback closing over a tensor of an outer vmap/grad (a preconditioner r / d_task
     # under vmap(grad)) crashed torch there (INTERNAL ASSERT wrapper == nullptr).
-    with torch.no_grad():
-        constant = _tree.map_leaves(_detached, (rhs, args, init))
-        result = _run(problem.solver, problem.operator(constant[0], constant[1]), *constant[::2])
-    report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
+    solution = _run_detached(problem.solver, problem.operator, rhs, args, init, problem.label)
     pool = TensorPool()
     rhs_layout = pool.add_tree(rhs)
-    init_layout = pool.add_tree(_tree.map_leaves(torch.Tensor.detach, result.solution))
+    init_layout = pool.add_tree(solution)
     problem = replace(
         problem, rhs=rhs_layout, init=init_layout, args=pool.add_args(args), presolved=True
     )
@@ -230,8 +227,20 @@ def solve_tree(
     return _tree.unflatten(rhs_layout.spec, list(out))
 
 
-def _detached(value: Any) -> Any:
-    return value.detach() if isinstance(value, torch.Tensor) else value
+def _run_detached(
+    solver: LinearSolverBase,
+    operator: Callable[[Any, tuple[Any, ...]], Callable[[Any], Any]],
+    rhs: Any,
+    args: tuple[Any, ...],
+    init: Any,
+    label: str,
+) -> Any:
+    """``solver.run`` on detached values, recording nothing, reported; the solution tree."""
+    rhs, args, init = _tree.detached((rhs, args, init))
+    with torch.no_grad():
+        result = _run(solver, operator(rhs, args), rhs, init)
+    report(result, solver.on_failure, label, solver.failure_hint)
+    return result.solution
 
 
 def _normal_matvec(matvec: Callable[..., Any]) -> Callable[..., Any]:
@@ -357,16 +366,12 @@ def _solve_attached(
     """Solve without derivatives, then attach them by the implicit rule of ``T = A x - b``."""
     from .root import attach
 
-    plain_b = _tree.map_leaves(torch.Tensor.detach, b)
-    plain_args = tuple(
-        _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, a)
-        for a in args
-    )
-    init_detached = None if init is None else _tree.map_leaves(torch.Tensor.detach, init)
+    plain_b, plain_args = _tree.detached((b, args))
     with torch.no_grad():
         rhs = residual.rhs(plain_b, plain_args)
-        result = _run(solver, residual.operator(plain_args), rhs, init_detached)
-    report(result, solver.on_failure, label, solver.failure_hint)
+    solution = _run_detached(
+        solver, lambda _, a: residual.operator(a), rhs, plain_args, init, label
+    )
     return attach(
-        residual, result.solution, (b, *args), range(len(args) + 1), solver, label, check_root=False
+        residual, solution, (b, *args), range(len(args) + 1), solver, label, check_root=False
     )

@@ -22,6 +22,7 @@ be reached that way: where a second derivative could flow through one, the rule 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -175,8 +176,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         problem: RootProblem = ctx.problem
         tensors, outputs = _unpack(ctx)
-        nz = len(problem.z.index)
-        result: list[torch.Tensor | None] = [None] * (nz + len(tensors) - nz)
+        result: list[torch.Tensor | None] = [None] * len(tensors)
         if all(g is None for g in grads):
             return (None, *result)
         v = _tree.unflatten(
@@ -231,17 +231,16 @@ class _ImplicitRootFunction(torch.autograd.Function):
         dt = tangents[1:]
         moving = [i for i in sorted(problem.differentiable) if dt[i] is not None]
         second = problem.second_order([*outputs, *dz])
+        if second:
+            problem.refuse_captured()
         if moving and second:
             # B(theta_out) t - B(theta*) t: zero, but differentiable along theta_out.
-            problem.refuse_captured()
             _, b_gap = _func.jvp(
                 problem.gap(tensors, solution, moving),
                 tuple(tensors[i] for i in moving),
                 tuple(dt[i] for i in moving),
             )
             rhs = _tree.sub(rhs, b_gap)
-        elif second:
-            problem.refuse_captured()
         s = solve_tree(
             forward_solve(problem.optimality_fn, problem.solve, problem.label),
             rhs,
@@ -305,8 +304,6 @@ def _root_check(z: Any, solution: Any, label: str, on_failure: str) -> None:
     )
     if on_failure == "raise":
         raise ConvergenceError(message)
-    import warnings
-
     warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
 
@@ -330,12 +327,7 @@ def attach(
     """
     x = _tree.map_leaves(torch.Tensor.detach, solution)
     chosen = set(differentiable)
-    args = tuple(
-        a
-        if k in chosen
-        else _tree.map_leaves(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, a)
-        for k, a in enumerate(args)
-    )
+    args = tuple(a if k in chosen else _tree.detached(a) for k, a in enumerate(args))
     if not derivatives_possible():
         if check_root:
             with torch.no_grad():
