@@ -113,8 +113,16 @@ def zeros_like(a: TreeT) -> TreeT:
 
 
 def where(cond: torch.Tensor, a: TreeT, b: TreeT) -> TreeT:
-    """Leafwise ``a if cond else b`` for a 0-d boolean ``cond`` (one flag per vmap element)."""
-    return map_leaves(lambda ai, bi: torch.where(cond, ai, bi), a, b)  # type: ignore[no-any-return]
+    """Leafwise ``a if cond else b`` for a 0-d boolean ``cond`` (one flag per vmap element).
+
+    A leaf that is not a tensor (a Python object a loop carries, e.g. a linearization) is
+    taken from ``a``.
+    """
+
+    def pick(ai: Any, bi: Any) -> Any:
+        return torch.where(cond, ai, bi) if isinstance(ai, torch.Tensor) else ai
+
+    return map_leaves(pick, a, b)  # type: ignore[no-any-return]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -3,18 +3,23 @@ problem view each method works on (fixed-point map, root function or objective).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from .._core import tree as _tree
+from .._core.loop import iterate
 from .._core.result import ON_FAILURE_CHOICES, OnFailure, Solution, Status
 from .._core.tree import TensorTree, TreeT
 from .._linear.base import default_rtol
 
 __all__ = ["InnerSolver", "InnerMethod", "InnerProblem", "Solution", "Status", "classify"]
+
+#: A method's own state between iterations (each method names its own, e.g. a tuple).
+State = Any
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,7 +32,7 @@ class InnerProblem:
     is set for least squares (``objective`` is then ``0.5 ||residual(x)||^2``). ``args`` are
     the arguments these functions are bound to, for a method whose own callbacks take them
     too (a projection). A method of one's own (a subclass of :class:`InnerMethod`) receives it
-    in ``run(problem, init)``.
+    in :meth:`~InnerMethod.init`, :meth:`~InnerMethod.step` and the others.
     """
 
     root: Callable[[Any], Any]
@@ -48,30 +53,72 @@ class InnerProblem:
         # An overflowing ||x|| makes the tolerance Inf, which would accept any residual.
         return (residual_norm <= tolerance) | ~torch.isfinite(residual_norm * tolerance)
 
+    def flat(self, unravel: Callable[[torch.Tensor], Any]) -> InnerProblem:
+        """This problem on raveled iterates: each function takes a flat vector (``unravel``
+        gives its tree) and returns a flat vector (the objective a scalar)."""
+
+        def flat_output(fn: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+            if fn is None:
+                return None
+            return lambda v: _tree.ravel(fn(unravel(v)))[0]
+
+        objective = self.objective
+        return replace(
+            self,
+            root=lambda v: _tree.ravel(self.root(unravel(v)))[0],
+            fixed_point=lambda v: _tree.ravel(self.fixed_point(unravel(v)))[0],
+            objective=None if objective is None else (lambda v: objective(unravel(v))),
+            residual=flat_output(self.residual),
+        )
+
 
 def classify(
     x: TreeT,
     iterations: torch.Tensor,
     residual_norm: torch.Tensor,
     problem: InnerProblem,
+    stopped: torch.Tensor | None = None,
 ) -> Solution[TreeT]:
-    """Assemble a :class:`Solution` with per-element status codes."""
+    """Assemble a :class:`Solution` with per-element status codes.
+
+    ``stopped`` flags the elements whose ``terminate`` said stop: one that stopped finite
+    without meeting the tolerance could make no more progress, and is reported as
+    ``STAGNATION`` rather than ``MAX_ITERATIONS``.
+    """
     tolerance = problem.tolerance(x)
     finite = torch.isfinite(residual_norm) & torch.isfinite(tolerance)
     for leaf in _tree.flatten(x)[0]:
         finite = finite & torch.isfinite(leaf).all()
     converged = finite & (residual_norm <= tolerance)
+    reason: torch.Tensor | int = int(Status.MAX_ITERATIONS)
+    if stopped is not None:
+        reason = torch.where(stopped, int(Status.STAGNATION), reason)
     status = torch.where(
-        converged,
-        int(Status.CONVERGED),
-        torch.where(finite, int(Status.MAX_ITERATIONS), int(Status.NONFINITE)),
+        converged, int(Status.CONVERGED), torch.where(finite, reason, int(Status.NONFINITE))
     )
     return Solution(x, iterations, residual_norm, tolerance, converged, status)
 
 
 @dataclass(frozen=True, kw_only=True)
 class InnerMethod:
-    """Fields shared by the inner solvers.
+    """The base of every inner method: its fields, and the one loop that drives it.
+
+    A method says what one iteration does, in three parts; :meth:`run` owns the loop around
+    them (per-element freezing under ``vmap``, the batch-wide early stop, iteration counts,
+    status codes), so every method shares it:
+
+    - :meth:`init` ``(problem, x) -> state``: the method's state at the start ``x`` (tensors
+      and, where a method needs them, Python objects such as a linearization; a tensor leaf
+      is one value per problem, frozen once its problem is done);
+    - :meth:`step` ``(problem, x, state, iteration) -> (x, state)``: one iteration
+      (``iteration`` counts from 0, the same for every element of a batch);
+    - :meth:`residual_norm` ``(problem, x, state)``: the norm the tolerance is checked
+      against, and :meth:`terminate` ``(problem, x, state)``: per element, whether to stop
+      (by default: the residual meets the tolerance, or is not finite).
+
+    With ``raveled = True`` the three see ``x`` as one flat vector and ``problem`` as a view
+    whose functions take and return flat vectors (a method that stores histories of
+    iterates); the driver ravels the start and unravels the result.
 
     Attributes:
         rtol: relative tolerance on the residual (``None``: 1e-10 in float64, 1e-5 in float32).
@@ -79,16 +126,22 @@ class InnerMethod:
         maxiter: iteration cap, also the trip count under ``torch.compile``.
         on_failure: ``"warn"``, ``"raise"`` or ``"ignore"`` when an element does not
             converge (eager mode; the per-element ``status`` is always returned).
+        check_every: read on the host whether the whole batch is done every this many
+            iterations (1: every iteration, the earliest stop); ``None``: never, the loop
+            runs ``maxiter`` iterations with no host synchronization (on a GPU).
     """
 
     rtol: float | None = None
     atol: float | None = None
     maxiter: int = 100
     on_failure: OnFailure = "warn"
+    check_every: int | None = 1
 
     #: The entry points whose problems the method can solve ("fixed_point", "root",
     #: "minimize", "least_squares"); another is refused with an error naming these.
     problem_kinds: ClassVar[tuple[str, ...]] = ("fixed_point", "root", "minimize", "least_squares")
+    #: Whether ``init``/``step`` work on the iterate raveled into one vector.
+    raveled: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -104,6 +157,14 @@ class InnerMethod:
             raise ValueError(
                 f"{owner}: on_failure must be one of {ON_FAILURE_CHOICES}; "
                 f"received {self.on_failure!r}."
+            )
+        every = self.check_every
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int) or every < 1
+        ):
+            raise ValueError(
+                f"{owner}: check_every must be a positive int or None (never read on the "
+                f"host); received {every!r}."
             )
 
     def tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
@@ -123,9 +184,51 @@ class InnerMethod:
         otherwise. The implicit derivative differentiates this ``T``."""
         return None
 
+    def init(self, problem: InnerProblem, x: Any) -> State:
+        """The state at the start ``x``."""
+        raise NotImplementedError(
+            f"{type(self).__name__}: an inner method defines init, step and residual_norm "
+            "(or overrides run); see the extension guide."
+        )
+
+    def step(
+        self, problem: InnerProblem, x: Any, state: State, iteration: int
+    ) -> tuple[Any, State]:
+        """One iteration from ``(x, state)``: the next ``(x, state)``."""
+        raise NotImplementedError(f"{type(self).__name__}: step is not defined.")
+
+    def residual_norm(self, problem: InnerProblem, x: Any, state: State) -> torch.Tensor:
+        """The norm held to the tolerance at ``(x, state)`` (0-d per problem)."""
+        raise NotImplementedError(f"{type(self).__name__}: residual_norm is not defined.")
+
+    def terminate(self, problem: InnerProblem, x: Any, state: State) -> torch.Tensor:
+        """Per problem, whether to stop at ``(x, state)``: converged or not finite. A method
+        that can also tell it will make no more progress adds that here (the result then
+        says ``STAGNATION``)."""
+        return problem.finished(self.residual_norm(problem, x, state), x)
+
     def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
-        """Solve ``problem`` from ``init`` (no derivatives attached here)."""
-        raise NotImplementedError
+        """Solve ``problem`` from ``init`` (no derivatives attached here): the driver loop."""
+        view = problem
+        start: Any = init  # the start as the method sees it: the tree, or its raveled vector
+        unravel: Callable[[torch.Tensor], Any] | None = None
+        if self.raveled:
+            start, unravel = _tree.ravel(init)
+            view = problem.flat(unravel)
+        state = self.init(view, start)
+        done = self.terminate(view, start, state)
+        counter = itertools.count()
+
+        def advance(carry: tuple[Any, State]) -> tuple[tuple[Any, State], torch.Tensor]:
+            x, state = self.step(view, *carry, next(counter))
+            return (x, state), self.terminate(view, x, state)
+
+        (x, state), iterations, done = iterate(
+            advance, (start, state), done, self.maxiter, self.check_every
+        )
+        residual_norm = self.residual_norm(view, x, state)
+        value: TreeT = x if unravel is None else unravel(x)
+        return classify(value, iterations, residual_norm, problem, stopped=done)
 
 
 @runtime_checkable

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from .._core import tree as _tree
-from .._core.loop import iterate, safe_div
-from .._core.tree import TreeT
-from .base import InnerMethod, InnerProblem, Solution, classify
+from .._core.loop import safe_div
+from .base import InnerMethod, InnerProblem
+
+#: Broyden's state: ``(T(x), ||T(x)||, u rows, v rows)``.
+_Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 __all__ = ["Broyden"]
 
@@ -40,6 +41,8 @@ class Broyden(InnerMethod):
     memory: int = 20
     scale: float = 1.0
 
+    raveled: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
@@ -47,54 +50,45 @@ class Broyden(InnerMethod):
         if not isinstance(self.scale, int | float) or self.scale == 0:
             raise ValueError(f"Broyden: scale must be a nonzero number; received {self.scale!r}.")
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
-        x0, unravel = _tree.ravel(init)
+    # State: T(x), ||T(x)||, and H's low-rank terms u_i, v_i as rows.
+    def init(self, problem: InnerProblem, x: torch.Tensor) -> _Terms:
+        t = problem.root(x)
+        r_norm = torch.linalg.vector_norm(t)
+        rows = torch.zeros(self.memory, x.shape[0], dtype=x.dtype, device=x.device) * r_norm
+        return t, r_norm, rows, rows
 
-        def root(v: torch.Tensor) -> torch.Tensor:
-            return _tree.ravel(problem.root(unravel(v)))[0]
+    def step(
+        self, problem: InnerProblem, x: torch.Tensor, state: _Terms, iteration: int
+    ) -> tuple[torch.Tensor, _Terms]:
+        t, _, us, vs = state
+        k, m = iteration, self.memory
 
-        m = self.memory
-        t0 = root(x0)
-        r_norm = torch.linalg.vector_norm(t0)
-        us = torch.zeros(m, x0.shape[0], dtype=x0.dtype, device=x0.device) * r_norm
-        vs = us
-        eye = torch.eye(m, dtype=x0.dtype, device=x0.device)
-        counter = [0]
+        def h(v: torch.Tensor) -> torch.Tensor:  # H v
+            out: torch.Tensor = self.scale * v + (vs @ v) @ us
+            return out
 
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, t, us, vs, _ = state
-            k = counter[0]
-            counter[0] += 1
+        def h_t(v: torch.Tensor) -> torch.Tensor:  # H^T v
+            out: torch.Tensor = self.scale * v + (us @ v) @ vs
+            return out
 
-            def h(v: torch.Tensor) -> torch.Tensor:  # H v
-                out: torch.Tensor = self.scale * v + (vs @ v) @ us
-                return out
+        dx = -h(t)
+        x = x + dx
+        t_next = problem.root(x)
+        h_df = h(t_next - t)
+        denom = torch.dot(dx, h_df)
+        usable = torch.abs(denom) > torch.finfo(x.dtype).eps * torch.linalg.vector_norm(
+            dx
+        ) * torch.linalg.vector_norm(h_df)
+        u = torch.where(usable, safe_div(torch.ones_like(denom), denom), 0.0) * (dx - h_df)
+        v = h_t(dx)
+        if k > 0 and k % m == 0:
+            # Memory full: restart from H = scale * I. (Overwriting the oldest term
+            # instead leaves terms built against an inverse that included it: diverges.)
+            us, vs = us * 0, vs * 0
+        slot = torch.eye(m, dtype=x.dtype, device=x.device)[k % m][:, None]
+        us = us * (1 - slot) + slot * u[None, :]
+        vs = vs * (1 - slot) + slot * v[None, :]
+        return x, (t_next, torch.linalg.vector_norm(t_next), us, vs)
 
-            def h_t(v: torch.Tensor) -> torch.Tensor:  # H^T v
-                out: torch.Tensor = self.scale * v + (us @ v) @ vs
-                return out
-
-            dx = -h(t)
-            x = x + dx
-            t_next = root(x)
-            h_df = h(t_next - t)
-            denom = torch.dot(dx, h_df)
-            usable = torch.abs(denom) > torch.finfo(x.dtype).eps * torch.linalg.vector_norm(
-                dx
-            ) * torch.linalg.vector_norm(h_df)
-            u = torch.where(usable, safe_div(torch.ones_like(denom), denom), 0.0) * (dx - h_df)
-            v = h_t(dx)
-            if k > 0 and k % m == 0:
-                # Memory full: restart from H = scale * I. (Overwriting the oldest term
-                # instead leaves terms built against an inverse that included it: diverges.)
-                us, vs = us * 0, vs * 0
-            slot = eye[k % m][:, None]
-            us = us * (1 - slot) + slot * u[None, :]
-            vs = vs * (1 - slot) + slot * v[None, :]
-            r_norm = torch.linalg.vector_norm(t_next)
-            return (x, t_next, us, vs, r_norm), problem.finished(r_norm, x)
-
-        done = problem.finished(r_norm, x0)
-        state, iterations, _ = iterate(step, (x0, t0, us, vs, r_norm), done, self.maxiter)
-        x, _, _, _, r_norm = state
-        return classify(unravel(x), iterations, r_norm, problem)
+    def residual_norm(self, problem: InnerProblem, x: Any, state: _Terms) -> torch.Tensor:
+        return state[1]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .._core import tree as _tree
-from .._core.loop import iterate, safe_div
-from .._core.tree import TreeT
-from .base import InnerMethod, InnerProblem, Solution, classify
+from .._core.loop import safe_div
+from .base import InnerMethod, InnerProblem
+
+#: Fixed-point iteration's state: ``(F(x), ||F(x) - x||)``.
+_Values = tuple[Any, torch.Tensor]
+#: Anderson's state: ``(F(x), ||F(x) - x||, iterates, values)`` (histories as rows).
+_History = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 __all__ = ["Anderson", "FixedPointIteration"]
 
@@ -44,23 +48,20 @@ class FixedPointIteration(InnerMethod):
         super().__post_init__()
         _check_fraction(type(self).__name__, "damping", self.damping)
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
-        fx = problem.fixed_point(init)
-        r_norm = _tree.norm(_tree.sub(fx, init))
+    # State: F(x) and ||F(x) - x||, both at the current x.
+    def init(self, problem: InnerProblem, x: Any) -> _Values:
+        fx = problem.fixed_point(x)
+        return fx, _tree.norm(_tree.sub(fx, x))
 
-        # x <- x + damping (F(x) - x); the residual ||F(x) - x|| is measured at the new x
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, fx, _ = state
-            x = _tree.axpy(self.damping, _tree.sub(fx, x), x)
-            fx = problem.fixed_point(x)
-            r_norm = _tree.norm(_tree.sub(fx, x))
-            return (x, fx, r_norm), problem.finished(r_norm, x)
+    # x <- x + damping (F(x) - x); the residual ||F(x) - x|| is measured at the new x
+    def step(
+        self, problem: InnerProblem, x: Any, state: _Values, iteration: int
+    ) -> tuple[Any, _Values]:
+        x = _tree.axpy(self.damping, _tree.sub(state[0], x), x)
+        return x, self.init(problem, x)
 
-        state, iterations, _ = iterate(
-            step, (init, fx, r_norm), problem.finished(r_norm, init), self.maxiter
-        )
-        x, _, r_norm = state
-        return classify(x, iterations, r_norm, problem)
+    def residual_norm(self, problem: InnerProblem, x: Any, state: _Values) -> torch.Tensor:
+        return state[1]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +91,8 @@ class Anderson(InnerMethod):
     mixing: float = 1.0
     regularization: float = 1e-10
 
+    raveled: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
@@ -99,48 +102,40 @@ class Anderson(InnerMethod):
         if not isinstance(self.regularization, int | float) or not self.regularization >= 0:
             raise ValueError(f"{owner}: regularization must be >= 0; got {self.regularization!r}.")
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
-        x0, unravel = _tree.ravel(init)
+    # State: g = F(x), ||g - x||, and the last ``history`` iterates and values as rows.
+    def init(self, problem: InnerProblem, x: torch.Tensor) -> _History:
+        g = problem.fixed_point(x)
+        r_norm = torch.linalg.vector_norm(g - x)
+        rows = torch.zeros(self.history, x.shape[0], dtype=x.dtype, device=x.device) * r_norm
+        return g, r_norm, rows, rows
 
-        def fixed_point(v: torch.Tensor) -> torch.Tensor:
-            return _tree.ravel(problem.fixed_point(unravel(v)))[0]
+    def step(
+        self, problem: InnerProblem, x: torch.Tensor, state: _History, iteration: int
+    ) -> tuple[torch.Tensor, _History]:
+        g, _, xs, gs = state
+        k, m = iteration, self.history
+        eye = torch.eye(m, dtype=x.dtype, device=x.device)
+        slot = eye[k % m][:, None]
+        xs = xs * (1 - slot) + slot * x[None, :]
+        gs = gs * (1 - slot) + slot * g[None, :]
+        used = torch.arange(m, device=x.device) < min(k + 1, m)
+        residuals = (gs - xs) * used[:, None]
+        # min ||R^T a|| s.t. sum(a) = 1  <=>  a = G^{-1} 1 / (1^T G^{-1} 1), G = R R^T
+        gram = residuals @ residuals.mT
+        shift = self.regularization * torch.trace(gram) / min(k + 1, m)
+        unused = (~used).to(x.dtype)
+        gram = gram + (shift + torch.finfo(x.dtype).tiny) * eye + torch.diag(unused)
+        factor, info = torch.linalg.cholesky_ex(gram)
+        ones = used.to(x.dtype)[:, None]
+        weights = torch.cholesky_solve(ones, factor)[:, 0]
+        total = weights.sum()
+        weights = safe_div(weights, total)
+        ok = (info == 0) & torch.isfinite(weights).all() & (total != 0)
+        mixed = (1 - self.mixing) * (weights @ xs) + self.mixing * (weights @ gs)
+        plain = x + self.mixing * (g - x)
+        x = torch.where(ok, mixed, plain)
+        g = problem.fixed_point(x)
+        return x, (g, torch.linalg.vector_norm(g - x), xs, gs)
 
-        m = self.history
-        g0 = fixed_point(x0)
-        r_norm = torch.linalg.vector_norm(g0 - x0)
-        xs = torch.zeros(m, x0.shape[0], dtype=x0.dtype, device=x0.device) * r_norm
-        gs = xs
-        eye = torch.eye(m, dtype=x0.dtype, device=x0.device)
-        counter = [0]  # the loop's iteration index, the same for every active element
-
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, g, xs, gs, _ = state
-            k = counter[0]
-            counter[0] += 1
-            slot = eye[k % m][:, None]
-            xs = xs * (1 - slot) + slot * x[None, :]
-            gs = gs * (1 - slot) + slot * g[None, :]
-            used = torch.arange(m, device=x.device) < min(k + 1, m)
-            residuals = (gs - xs) * used[:, None]
-            # min ||R^T a|| s.t. sum(a) = 1  <=>  a = G^{-1} 1 / (1^T G^{-1} 1), G = R R^T
-            gram = residuals @ residuals.mT
-            shift = self.regularization * torch.trace(gram) / min(k + 1, m)
-            unused = (~used).to(x.dtype)
-            gram = gram + (shift + torch.finfo(x.dtype).tiny) * eye + torch.diag(unused)
-            factor, info = torch.linalg.cholesky_ex(gram)
-            ones = used.to(x.dtype)[:, None]
-            weights = torch.cholesky_solve(ones, factor)[:, 0]
-            total = weights.sum()
-            weights = safe_div(weights, total)
-            ok = (info == 0) & torch.isfinite(weights).all() & (total != 0)
-            mixed = (1 - self.mixing) * (weights @ xs) + self.mixing * (weights @ gs)
-            plain = x + self.mixing * (g - x)
-            x = torch.where(ok, mixed, plain)
-            g = fixed_point(x)
-            r_norm = torch.linalg.vector_norm(g - x)
-            return (x, g, xs, gs, r_norm), problem.finished(r_norm, x)
-
-        done = problem.finished(r_norm, x0)
-        state, iterations, _ = iterate(step, (x0, g0, xs, gs, r_norm), done, self.maxiter)
-        x, _, _, _, r_norm = state
-        return classify(unravel(x), iterations, r_norm, problem)
+    def residual_norm(self, problem: InnerProblem, x: Any, state: _History) -> torch.Tensor:
+        return state[1]

@@ -8,10 +8,8 @@ from typing import Any
 import torch
 
 from .._core import tree as _tree
-from .._core.loop import iterate
-from .._core.tree import TreeT
-from .base import InnerMethod, InnerProblem, Solution, classify
-from .newton import backtrack
+from .base import InnerMethod, InnerProblem
+from .newton import RootValues, backtrack
 
 __all__ = ["GradientDescent"]
 
@@ -44,26 +42,24 @@ class GradientDescent(InnerMethod):
         if not isinstance(self.step_size, int | float) or not self.step_size > 0:
             raise ValueError(f"GradientDescent: step_size must be > 0; got {self.step_size!r}.")
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
-        t0 = problem.root(init)
-        r_norm = _tree.norm(t0)
-        objective = problem.objective
+    def init(self, problem: InnerProblem, x: Any) -> RootValues:
+        t = problem.root(x)
+        return t, _tree.norm(t)
 
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, t, _ = state
-            direction = _tree.scale(-self.step_size, t)
-            if self.backtracking and objective is not None:
-                slope = -self.step_size * _tree.vdot(t, t)
-                x = backtrack(
-                    problem, x, direction, objective(x), slope, objective, self.max_backtracks
-                )
-            else:
-                x = _tree.add(x, direction)
-            t = problem.root(x)
-            r_norm = _tree.norm(t)
-            return (x, t, r_norm), problem.finished(r_norm, x)
+    # x <- x - step_size T(x), T = grad L when minimizing
+    def step(
+        self, problem: InnerProblem, x: Any, state: RootValues, iteration: int
+    ) -> tuple[Any, RootValues]:
+        t, objective = state[0], problem.objective
+        direction = _tree.scale(-self.step_size, t)
+        if self.backtracking and objective is not None:
+            slope = -self.step_size * _tree.vdot(t, t)
+            x = backtrack(
+                problem, x, direction, objective(x), slope, objective, self.max_backtracks
+            )
+        else:
+            x = _tree.add(x, direction)
+        return x, self.init(problem, x)
 
-        done = problem.finished(r_norm, init)
-        state, iterations, _ = iterate(step, (init, t0, r_norm), done, self.maxiter)
-        x, _, r_norm = state
-        return classify(x, iterations, r_norm, problem)
+    def residual_norm(self, problem: InnerProblem, x: Any, state: RootValues) -> torch.Tensor:
+        return state[1]

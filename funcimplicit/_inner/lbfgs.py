@@ -9,11 +9,22 @@ from typing import Any, ClassVar
 import torch
 
 from .._core import tree as _tree
-from .._core.loop import ALL_DONE, iterate, progress, safe_div
-from .._core.tree import TreeT
-from .base import InnerMethod, InnerProblem, Solution, classify
+from .._core.loop import ALL_DONE, progress, safe_div
+from .base import InnerMethod, InnerProblem
 
 __all__ = ["LBFGS", "armijo"]
+
+#: L-BFGS's state: ``(L, g, ||g||, S, Y, rho, gamma, stopped)`` (see ``LBFGS.init``).
+_Memory = tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]
 
 #: Sufficient-decrease constant of the Armijo condition.
 ARMIJO_C1 = 1e-4
@@ -102,6 +113,7 @@ class LBFGS(InnerMethod):
     maxiter: int = 500
 
     problem_kinds: ClassVar[tuple[str, ...]] = ("minimize", "least_squares")
+    raveled: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,82 +129,73 @@ class LBFGS(InnerMethod):
             "below, or try Newton()."
         )
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
+    # State: L(x), g = grad L(x), ||g||, the pairs (s_i, y_i) as rows with rho_i = 1/(s_i.y_i)
+    # (0: an empty slot), the scale gamma of H_0, and whether the element stopped.
+    def init(self, problem: InnerProblem, x: torch.Tensor) -> _Memory:
         if problem.objective is None:  # guarded by the entry points; for methods run directly
             raise TypeError("LBFGS.run: the problem has no objective; use it with fi.minimize.")
-        call_objective = problem.objective
-        x0, unravel = _tree.ravel(init)
-
-        def objective(v: torch.Tensor) -> torch.Tensor:
-            value: torch.Tensor = call_objective(unravel(v))
-            return value
-
-        def gradient(v: torch.Tensor) -> torch.Tensor:
-            return _tree.ravel(problem.root(unravel(v)))[0]
-
-        m = self.memory
-        f0 = objective(x0)
-        g0 = gradient(x0)
-        g_norm = torch.linalg.vector_norm(g0)
+        g = problem.root(x)
+        g_norm = torch.linalg.vector_norm(g)
         one = torch.ones_like(g_norm)
-        gamma0 = torch.minimum(one, safe_div(one, g_norm))
-        pairs = torch.zeros(m, x0.shape[0], dtype=x0.dtype, device=x0.device) * g_norm
-        rho = torch.zeros(m, dtype=x0.dtype, device=x0.device) * g_norm
-        eye = torch.eye(m, dtype=x0.dtype, device=x0.device)
-        counter = [0]  # the loop's iteration index, the same for every active element
+        gamma = torch.minimum(one, safe_div(one, g_norm))
+        pairs = torch.zeros(self.memory, x.shape[0], dtype=x.dtype, device=x.device) * g_norm
+        rho = torch.zeros(self.memory, dtype=x.dtype, device=x.device) * g_norm
+        done = problem.finished(g_norm, x)
+        return problem.objective(x), g, g_norm, pairs, pairs, rho, gamma, done
 
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, f, g, S, Y, rho, gamma, _, finished = state
-            k = counter[0]
-            counter[0] += 1
-            was_empty = (rho == 0).all()
-            # Two-loop recursion: d = -H g. Empty (or skipped) slots have rho = 0: no effect.
-            q = g
-            alphas = []
-            for i in range(m):
-                j = (k - 1 - i) % m
-                a = rho[j] * _dot(S[j], q)
-                q = q - a * Y[j]
-                alphas.append((j, a))
-            r = gamma * q
-            for j, a in reversed(alphas):
-                b = rho[j] * _dot(Y[j], r)
-                r = r + (a - b) * S[j]
-            d = -r
-            slope = _dot(g, d)
-            # H is positive definite by construction; rounding aside, d descends.
-            descent = torch.isfinite(slope) & (slope < 0)
-            d = torch.where(descent, d, -gamma * g)
-            slope = torch.where(descent, slope, -gamma * _dot(g, g))
+    def step(
+        self, problem: InnerProblem, x: torch.Tensor, state: _Memory, iteration: int
+    ) -> tuple[torch.Tensor, _Memory]:
+        f, g, _, S, Y, rho, gamma, finished = state
+        objective = problem.objective
+        assert objective is not None  # checked by init
+        k, m = iteration, self.memory
+        was_empty = (rho == 0).all()
+        # Two-loop recursion: d = -H g. Empty (or skipped) slots have rho = 0: no effect.
+        q = g
+        alphas = []
+        for i in range(m):
+            j = (k - 1 - i) % m
+            a = rho[j] * _dot(S[j], q)
+            q = q - a * Y[j]
+            alphas.append((j, a))
+        r = gamma * q
+        for j, a in reversed(alphas):
+            b = rho[j] * _dot(Y[j], r)
+            r = r + (a - b) * S[j]
+        d = -r
+        slope = _dot(g, d)
+        # H is positive definite by construction; rounding aside, d descends.
+        descent = torch.isfinite(slope) & (slope < 0)
+        d = torch.where(descent, d, -gamma * g)
+        slope = torch.where(descent, slope, -gamma * _dot(g, g))
 
-            x_new, f_new, accepted = armijo(
-                objective, x, d, f, slope, self.max_backtracks, finished
-            )
-            g_new = gradient(x_new)
-            s, y = x_new - x, g_new - g
-            sy, yy = _dot(s, y), _dot(y, y)
-            tiny = (
-                torch.finfo(x.dtype).eps * torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y)
-            )
-            usable = accepted & (sy > tiny)
-            slot = eye[k % m]
-            keep = (1 - slot * usable.to(x.dtype))[:, None]
-            S = S * keep + (1 - keep) * s[None, :]
-            Y = Y * keep + (1 - keep) * y[None, :]
-            rho = rho * keep[:, 0] + (1 - keep[:, 0]) * safe_div(torch.ones_like(sy), sy)
-            gamma = torch.where(usable, safe_div(sy, yy), gamma)
-            # No decrease: forget the memory, restart from the scaled gradient; if the
-            # memory was already empty (the step was along -gamma g), the element stalls.
-            g_norm = torch.linalg.vector_norm(g_new)
-            restart_gamma = torch.minimum(torch.ones_like(g_norm), safe_div(one, g_norm))
-            rho = torch.where(accepted, rho, torch.zeros_like(rho))
-            gamma = torch.where(accepted, gamma, restart_gamma)
-            stalled = ~accepted & was_empty & ~finished
-            done = problem.finished(g_norm, x_new) | stalled
-            return (x_new, f_new, g_new, S, Y, rho, gamma, g_norm, done), done
+        x_new, f_new, accepted = armijo(objective, x, d, f, slope, self.max_backtracks, finished)
+        g_new = problem.root(x_new)
+        s, y = x_new - x, g_new - g
+        sy, yy = _dot(s, y), _dot(y, y)
+        tiny = torch.finfo(x.dtype).eps * torch.linalg.vector_norm(s) * torch.linalg.vector_norm(y)
+        usable = accepted & (sy > tiny)
+        slot = torch.eye(m, dtype=x.dtype, device=x.device)[k % m]
+        keep = (1 - slot * usable.to(x.dtype))[:, None]
+        S = S * keep + (1 - keep) * s[None, :]
+        Y = Y * keep + (1 - keep) * y[None, :]
+        rho = rho * keep[:, 0] + (1 - keep[:, 0]) * safe_div(torch.ones_like(sy), sy)
+        gamma = torch.where(usable, safe_div(sy, yy), gamma)
+        # No decrease: forget the memory, restart from the scaled gradient; if the
+        # memory was already empty (the step was along -gamma g), the element stalls.
+        g_norm = torch.linalg.vector_norm(g_new)
+        restart_gamma = torch.minimum(
+            torch.ones_like(g_norm), safe_div(torch.ones_like(g_norm), g_norm)
+        )
+        rho = torch.where(accepted, rho, torch.zeros_like(rho))
+        gamma = torch.where(accepted, gamma, restart_gamma)
+        stalled = ~accepted & was_empty & ~finished
+        done = problem.finished(g_norm, x_new) | stalled
+        return x_new, (f_new, g_new, g_norm, S, Y, rho, gamma, done)
 
-        done = problem.finished(g_norm, x0)
-        state = (x0, f0, g0, pairs, pairs, rho, gamma0, g_norm, done)
-        state, iterations, _ = iterate(step, state, done, self.maxiter)
-        x, g_norm = state[0], state[7]
-        return classify(unravel(x), iterations, g_norm, problem)
+    def residual_norm(self, problem: InnerProblem, x: Any, state: _Memory) -> torch.Tensor:
+        return state[2]
+
+    def terminate(self, problem: InnerProblem, x: Any, state: _Memory) -> torch.Tensor:
+        return state[7]  # converged, not finite, or stalled: decided by the step

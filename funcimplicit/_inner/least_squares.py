@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
 from .._core import func as _func
 from .._core import tree as _tree
 from .._core.checks import floating_leaves
-from .._core.loop import iterate, safe_div
-from .._core.tree import TreeT
+from .._core.loop import safe_div
 from .._linear.adapter import as_linear_solver
 from .._linear.base import LinearSolver
 from .._linear.cg import CG
-from .base import InnerMethod, InnerProblem, Solution, classify
+from .base import InnerMethod, InnerProblem
 from .lbfgs import armijo
 
-__all__ = ["CheckedResidual", "GaussNewton", "LevenbergMarquardt", "SumOfSquares"]
+__all__ = ["CheckedResidual", "GaussNewton", "LevenbergMarquardt", "Linearization", "SumOfSquares"]
 
 
 class SumOfSquares:
@@ -62,15 +61,29 @@ class CheckedResidual:
         return out
 
 
-def _linearized(residual: Callable[[Any], Any], x: Any) -> tuple[Any, Any, Any]:
-    """``r(x)``, ``v -> J v`` and ``u -> J^T u`` at ``x`` (the JVP as the VJP's transpose)."""
-    value, vjp_fn = _func.vjp(residual, x)
+class Linearization(NamedTuple):
+    """The residual ``r`` linearized at ``x``: ``v -> J v``, ``u -> J^T u``, ``L(x) =
+    0.5 ||r||^2``, the gradient ``g = J^T r`` and its norm."""
+
+    j: Callable[[Any], Any]
+    jt: Callable[[Any], Any]
+    f: torch.Tensor
+    g: Any
+    g_norm: torch.Tensor
+
+
+def linearize(problem: InnerProblem, owner: str, x: Any) -> Linearization:
+    """``r`` at ``x`` with its products (the JVP as the VJP's transpose) and ``J^T r``."""
+    value, vjp_fn = _func.vjp(_residual_of(problem, owner), x)
 
     def jt(u: Any) -> Any:
         return vjp_fn(u)[0]
 
     _, transpose = _func.vjp(jt, _tree.zeros_like(value))
-    return value, (lambda v: transpose(v)[0]), jt
+    g = jt(value)
+    return Linearization(
+        lambda v: transpose(v)[0], jt, 0.5 * _tree.vdot(value, value), g, _tree.norm(g)
+    )
 
 
 def _residual_of(problem: InnerProblem, owner: str) -> Callable[[Any], Any]:
@@ -79,6 +92,10 @@ def _residual_of(problem: InnerProblem, owner: str) -> Callable[[Any], Any]:
             f"{owner}.run: the problem has no residual function; use it with fi.least_squares."
         )
     return problem.residual
+
+
+#: Levenberg-Marquardt's state: the linearization at x, mu and nu.
+_MarquardtState = tuple[Linearization, torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,43 +150,30 @@ class GaussNewton(_NormalStepMethod):
         if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
             raise ValueError(f"GaussNewton: max_backtracks must be a positive int; got {mb!r}.")
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
-        residual = _residual_of(problem, "GaussNewton")
+    # State: the linearization at x (see _NormalStepMethod.init) and L(x) = 0.5 ||r(x)||^2.
+    def init(self, problem: InnerProblem, x: Any) -> Linearization:
+        return linearize(problem, "GaussNewton", x)
+
+    # J^T J s = -J^T r, then x <- x + t s with t from the Armijo line search on L.
+    def step(
+        self, problem: InnerProblem, x: Any, state: Linearization, iteration: int
+    ) -> tuple[Any, Linearization]:
+        at, finished = state, self.terminate(problem, x, state)
         solver = as_linear_solver(self.solve, "GaussNewton")
+        s = solver.run(lambda v: at.jt(at.j(v)), _tree.scale(-1.0, at.g)).solution
+        if self.backtracking:
+            slope = _tree.vdot(at.g, s)
+            merit = SumOfSquares(_residual_of(problem, "GaussNewton"))
+            x, _, _ = armijo(merit, x, s, at.f, slope, self.max_backtracks, finished)
+        else:
+            x = _tree.add(x, s)
+        # Linearize once at the new iterate: its J^T r tests convergence, and its
+        # products serve the next step. (For an element frozen by the loop the products
+        # are wrong but unused: its new state is discarded.)
+        return x, linearize(problem, "GaussNewton", x)
 
-        def merit(x: Any) -> torch.Tensor:
-            r = residual(x)
-            return 0.5 * _tree.vdot(r, r)
-
-        r0, j0, jt0 = _linearized(residual, init)
-        at = [(j0, jt0)]  # the linearization at the current iterate (see the step's end)
-        g0 = jt0(r0)
-        g_norm = _tree.norm(g0)
-
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, f, g, _, finished = state
-            j, jt = at[0]
-            s = solver.run(lambda v: jt(j(v)), _tree.scale(-1.0, g)).solution
-            if self.backtracking:
-                slope = _tree.vdot(g, s)
-                x, f, _ = armijo(merit, x, s, f, slope, self.max_backtracks, finished)
-            else:
-                x = _tree.add(x, s)
-            # Linearize once at the new iterate: its J^T r tests convergence, and its
-            # products serve the next step. (For an element frozen by the loop the products
-            # are wrong but unused: its new state is discarded.)
-            r, j, jt = _linearized(residual, x)
-            at[0] = (j, jt)
-            g = jt(r)
-            g_norm = _tree.norm(g)
-            f = 0.5 * _tree.vdot(r, r)
-            done = problem.finished(g_norm, x)
-            return (x, f, g, g_norm, done), done
-
-        done = problem.finished(g_norm, init)
-        f0 = 0.5 * _tree.vdot(r0, r0)
-        state, iterations, _ = iterate(step, (init, f0, g0, g_norm, done), done, self.maxiter)
-        return classify(state[0], iterations, state[3], problem)
+    def residual_norm(self, problem: InnerProblem, x: Any, state: Linearization) -> torch.Tensor:
+        return state.g_norm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,53 +216,45 @@ class LevenbergMarquardt(_NormalStepMethod):
                 f"LevenbergMarquardt: damping must be a number > 0; received {self.damping!r}."
             )
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
-        residual = _residual_of(problem, "LevenbergMarquardt")
+    # State: the linearization at x, and the damping mu with its growth factor nu.
+    def init(self, problem: InnerProblem, x: Any) -> _MarquardtState:
+        at = linearize(problem, "LevenbergMarquardt", x)
+        mu = torch.full_like(at.f, float(self.damping))
+        return at, mu, torch.full_like(at.f, 2.0)
+
+    def step(
+        self, problem: InnerProblem, x: Any, state: _MarquardtState, iteration: int
+    ) -> tuple[Any, _MarquardtState]:
+        at, mu, nu = state
+        finished = self.terminate(problem, x, state)
         solver = as_linear_solver(self.solve, "LevenbergMarquardt")
-        r0, j0, jt0 = _linearized(residual, init)
-        at = [(j0, jt0)]
-        g0 = jt0(r0)
-        g_norm = _tree.norm(g0)
-        f0 = 0.5 * _tree.vdot(r0, r0)
-        mu0 = torch.full_like(f0, float(self.damping))
-        nu0 = torch.full_like(f0, 2.0)
+        f, g = at.f, at.g
 
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, f, g, mu, nu, _, finished = state
-            j, jt = at[0]
+        def damped(v: Any) -> Any:  # (J^T J + mu I) v
+            return _tree.axpy(mu, v, at.jt(at.j(v)))
 
-            def damped(v: Any) -> Any:
-                return _tree.axpy(mu, v, jt(j(v)))
+        s = solver.run(damped, _tree.scale(-1.0, g)).solution
+        trial = _tree.add(x, s)
+        r_trial = _residual_of(problem, "LevenbergMarquardt")(trial)
+        f_trial = 0.5 * _tree.vdot(r_trial, r_trial)
+        # L(x) - m(s) = -g.s - 0.5 s.J^TJ s = 0.5 (mu s.s - g.s) when the solve is exact
+        predicted = 0.5 * (mu * _tree.vdot(s, s) - _tree.vdot(g, s))
+        ratio = safe_div(f - f_trial, predicted)
+        # Near the solution the predicted decrease falls below the rounding of L and the
+        # ratio is noise: a step that does not raise L beyond that rounding is accepted.
+        noise = 4 * torch.finfo(f.dtype).eps * torch.abs(f)
+        unresolved = (predicted <= noise) & (f_trial <= f + noise)
+        accept = ~finished & torch.isfinite(f_trial) & (predicted > 0) & ((ratio > 0) | unresolved)
+        factor = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
+        mu = torch.where(accept, mu * factor, mu * nu)
+        nu = torch.where(accept, torch.full_like(nu, 2.0), 2 * nu)
+        x = _tree.where(accept, trial, x)
+        return x, (linearize(problem, "LevenbergMarquardt", x), mu, nu)
 
-            s = solver.run(damped, _tree.scale(-1.0, g)).solution
-            trial = _tree.add(x, s)
-            r_trial = residual(trial)
-            f_trial = 0.5 * _tree.vdot(r_trial, r_trial)
-            # L(x) - m(s) = -g.s - 0.5 s.J^TJ s = 0.5 (mu s.s - g.s) when the solve is exact
-            predicted = 0.5 * (mu * _tree.vdot(s, s) - _tree.vdot(g, s))
-            ratio = safe_div(f - f_trial, predicted)
-            # Near the solution the predicted decrease falls below the rounding of L and the
-            # ratio is noise: a step that does not raise L beyond that rounding is accepted.
-            noise = 4 * torch.finfo(f.dtype).eps * torch.abs(f)
-            unresolved = (predicted <= noise) & (f_trial <= f + noise)
-            accept = (
-                ~finished & torch.isfinite(f_trial) & (predicted > 0) & ((ratio > 0) | unresolved)
-            )
-            factor = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
-            mu = torch.where(accept, mu * factor, mu * nu)
-            nu = torch.where(accept, torch.full_like(nu, 2.0), 2 * nu)
-            x = _tree.where(accept, trial, x)
-            f = torch.where(accept, f_trial, f)
-            r, j, jt = _linearized(residual, x)
-            at[0] = (j, jt)
-            g = jt(r)
-            g_norm = _tree.norm(g)
-            # mu overflowing means no step decreases L any more: stop (not converged).
-            stuck = ~torch.isfinite(mu)
-            done = problem.finished(g_norm, x) | stuck
-            return (x, f, g, mu, nu, g_norm, done), done
+    def residual_norm(self, problem: InnerProblem, x: Any, state: _MarquardtState) -> torch.Tensor:
+        return state[0].g_norm
 
-        done = problem.finished(g_norm, init)
-        state = (init, f0, g0, mu0, nu0, g_norm, done)
-        state, iterations, _ = iterate(step, state, done, self.maxiter)
-        return classify(state[0], iterations, state[5], problem)
+    def terminate(self, problem: InnerProblem, x: Any, state: _MarquardtState) -> torch.Tensor:
+        # mu overflowing means no step decreases L any more: stop (not converged).
+        at, mu, _ = state
+        return problem.finished(at.g_norm, x) | ~torch.isfinite(mu)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,14 +10,16 @@ import torch
 
 from .._core import func as _func
 from .._core import tree as _tree
-from .._core.loop import ALL_DONE, iterate, progress
-from .._core.tree import TreeT
+from .._core.loop import ALL_DONE, progress
 from .._linear.adapter import as_linear_solver
 from .._linear.base import LinearSolver
 from .._linear.gmres import GMRES
-from .base import InnerMethod, InnerProblem, Solution, classify
+from .base import InnerMethod, InnerProblem
 
-__all__ = ["Newton", "backtrack"]
+__all__ = ["Newton", "RootValues", "backtrack", "merit_of"]
+
+#: The state of methods that keep ``(T(x), ||T(x)||)`` at the current ``x``.
+RootValues = tuple[Any, torch.Tensor]
 
 
 def backtrack(
@@ -73,40 +76,43 @@ class Newton(InnerMethod):
         if not isinstance(self.max_backtracks, int) or self.max_backtracks < 1:
             raise ValueError(f"Newton: max_backtracks must be >= 1; got {self.max_backtracks!r}.")
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
+    # State: T(x) and ||T(x)||.
+    def init(self, problem: InnerProblem, x: Any) -> RootValues:
+        t = problem.root(x)
+        return t, _tree.norm(t)
+
+    def step(
+        self, problem: InnerProblem, x: Any, state: RootValues, iteration: int
+    ) -> tuple[Any, RootValues]:
+        t = state[0]
         minimizing = problem.objective is not None
+        # J s = -T(x), J v = d/de T(x + e v); a Hessian (minimizing) is its own transpose
+        if minimizing:
+            _, pullback = _func.vjp(problem.root, x)
+            jacobian = lambda v: pullback(v)[0]  # noqa: E731
+        else:
+            jacobian = _func.linearize(problem.root, x)
+        s = as_linear_solver(self.solve, "Newton").run(jacobian, _tree.scale(-1.0, t)).solution
+        if self.backtracking:
+            merit = merit_of(problem)
+            # slope of the merit along s: grad(L) . s, or -||T||^2 for the exact step
+            slope = _tree.vdot(t, s) if minimizing else -_tree.vdot(t, t)
+            x = backtrack(problem, x, s, merit(x), slope, merit, self.max_backtracks)
+        else:
+            x = _tree.add(x, s)
+        return x, self.init(problem, x)
 
-        def merit(x: Any) -> torch.Tensor:
-            if problem.objective is not None:
-                value: torch.Tensor = problem.objective(x)
-                return value
-            t = problem.root(x)
-            return 0.5 * _tree.vdot(t, t)
+    def residual_norm(self, problem: InnerProblem, x: Any, state: RootValues) -> torch.Tensor:
+        return state[1]
 
-        t0 = problem.root(init)
-        r_norm = _tree.norm(t0)
 
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            x, t, _ = state
+def merit_of(problem: InnerProblem) -> Callable[[Any], torch.Tensor]:
+    """The merit a line search decreases: the objective when minimizing, else ``||T||^2 / 2``."""
+    if problem.objective is not None:
+        return problem.objective
 
-            # J s = -T(x), J v = d/de T(x + e v); a Hessian (minimizing) is its own transpose
-            if minimizing:
-                _, pullback = _func.vjp(problem.root, x)
-                jacobian = lambda v: pullback(v)[0]  # noqa: E731
-            else:
-                jacobian = _func.linearize(problem.root, x)
-            s = as_linear_solver(self.solve, "Newton").run(jacobian, _tree.scale(-1.0, t)).solution
-            if self.backtracking:
-                # slope of the merit along s: grad(L) . s, or -||T||^2 for the exact step
-                slope = _tree.vdot(t, s) if minimizing else -_tree.vdot(t, t)
-                x = backtrack(problem, x, s, merit(x), slope, merit, self.max_backtracks)
-            else:
-                x = _tree.add(x, s)
-            t = problem.root(x)
-            r_norm = _tree.norm(t)
-            return (x, t, r_norm), problem.finished(r_norm, x)
+    def half_squared_root(x: Any) -> torch.Tensor:
+        t = problem.root(x)
+        return 0.5 * _tree.vdot(t, t)
 
-        done = problem.finished(r_norm, init)
-        state, iterations, _ = iterate(step, (init, t0, r_norm), done, self.maxiter)
-        x, _, r_norm = state
-        return classify(x, iterations, r_norm, problem)
+    return half_squared_root

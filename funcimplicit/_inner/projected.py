@@ -20,9 +20,7 @@ import torch
 
 from .._core import tree as _tree
 from .._core.checks import check_same_layout
-from .._core.loop import iterate
-from .._core.tree import TreeT
-from .base import InnerMethod, InnerProblem, Solution, classify
+from .base import InnerMethod, InnerProblem
 
 __all__ = ["ProjectedGradient"]
 
@@ -114,33 +112,22 @@ class ProjectedGradient(InnerMethod):
     def optimality(self, objective: Callable[..., Any]) -> Callable[..., Any] | None:
         return GradientMapping(objective, self.projection, float(self.step_size))
 
-    def run(self, problem: InnerProblem, init: TreeT) -> Solution[TreeT]:
+    # State: z = P(x - eta grad L(x)) and the residual ||x - z|| / eta, both at x.
+    def init(self, problem: InnerProblem, x: Any) -> tuple[Any, torch.Tensor]:
+        z = self.projection(_tree.axpy(-self.step_size, problem.root(x), x), *problem.args)
         call = "minimize(objective, init, *args) with ProjectedGradient"
-        eta = float(self.step_size)
-        checked = [False]
+        check_same_layout(z, x, call, "projection(x, *args)", "init")
+        return z, _tree.norm(_tree.sub(x, z)) / self.step_size
 
-        def project(x: Any) -> Any:
-            z = self.projection(x, *problem.args)
-            if not checked[0]:
-                check_same_layout(z, x, call, "projection(x, *args)", "init")
-                checked[0] = True
-            return z
+    # x <- z, the projected gradient step from x
+    def step(
+        self, problem: InnerProblem, x: Any, state: tuple[Any, torch.Tensor], iteration: int
+    ) -> tuple[Any, tuple[Any, torch.Tensor]]:
+        x = state[0]
+        z = self.projection(_tree.axpy(-self.step_size, problem.root(x), x), *problem.args)
+        return x, (z, _tree.norm(_tree.sub(x, z)) / self.step_size)
 
-        def next_point(x: Any) -> Any:
-            return project(_tree.axpy(-eta, problem.root(x), x))
-
-        # State: x and z = P(x - eta grad L(x)); the residual ||x - z|| / eta is measured at x.
-        z0 = next_point(init)
-        r0 = _tree.norm(_tree.sub(init, z0)) / eta
-
-        def step(state: Any) -> tuple[Any, torch.Tensor]:
-            _, z, _ = state
-            x = z
-            z = next_point(x)
-            r_norm = _tree.norm(_tree.sub(x, z)) / eta
-            return (x, z, r_norm), problem.finished(r_norm, x)
-
-        done = problem.finished(r0, init)
-        state, iterations, _ = iterate(step, (init, z0, r0), done, self.maxiter)
-        x, _, r_norm = state
-        return classify(x, iterations, r_norm, problem)
+    def residual_norm(
+        self, problem: InnerProblem, x: Any, state: tuple[Any, torch.Tensor]
+    ) -> torch.Tensor:
+        return state[1]
