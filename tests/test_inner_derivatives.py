@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import inner_methods
 import mpmath  # type: ignore[import-untyped]
 import pytest
 import torch
@@ -61,12 +62,7 @@ def cos_reference(theta: float) -> float:
         return float(x)
 
 
-METHODS = {
-    "FixedPointIteration": fi.FixedPointIteration(maxiter=1000),
-    "Anderson": fi.Anderson(),
-    "Broyden": fi.Broyden(),
-    "Newton": fi.Newton(),
-}
+METHODS = inner_methods.methods("fixed_point")
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,12 +130,7 @@ def affine_problem(n: int, radius: float, seed: int) -> tuple[torch.Tensor, torc
     return radius * g / torch.linalg.eigvals(g).abs().max(), c
 
 
-AFFINE_METHODS = {
-    "FixedPointIteration": fi.FixedPointIteration(maxiter=3000),
-    "Anderson": fi.Anderson(maxiter=500),
-    "Broyden": fi.Broyden(memory=30, maxiter=500),
-    "Newton": fi.Newton(),
-}
+AFFINE_METHODS = inner_methods.methods("fixed_point")
 
 
 @pytest.mark.parametrize("name", list(AFFINE_METHODS))

@@ -14,6 +14,7 @@ import math
 import warnings
 from typing import Any
 
+import inner_methods
 import pytest
 import torch
 from torch.func import vmap
@@ -39,13 +40,8 @@ def scaled(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return r * x + 1.0
 
 
-ALL_METHODS = {
-    "FixedPointIteration": fi.FixedPointIteration,
-    "Anderson": fi.Anderson,
-    "Broyden": fi.Broyden,
-    "Newton": fi.Newton,
-    "GradientDescent": fi.GradientDescent,
-}
+# One entry per method class of the table that solves fixed points (the errors are the class's).
+ALL_METHODS = {type(m).__name__: type(m) for m in inner_methods.methods("fixed_point").values()}
 
 NOT_CONVERGED = (int(fi.Status.MAX_ITERATIONS), int(fi.Status.NONFINITE))
 

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import inner_methods
 import mpmath  # type: ignore[import-untyped]
 import pytest
 import torch
@@ -102,15 +103,7 @@ def cos_fixed_point_reference(theta: float) -> float:
         return float(x)
 
 
-FIXED_POINT_METHODS = {
-    "FixedPointIteration": fi.FixedPointIteration(maxiter=2000),
-    "FixedPointIteration_damped": fi.FixedPointIteration(damping=0.7, maxiter=2000),
-    "Anderson": fi.Anderson(),
-    "Anderson_mixing": fi.Anderson(history=3, mixing=0.5),
-    "Broyden": fi.Broyden(),
-    "Newton_GMRES": fi.Newton(),
-    "Newton_LU": fi.Newton(solve=fi.LU()),
-}
+FIXED_POINT_METHODS = inner_methods.methods("fixed_point")
 
 
 @pytest.mark.parametrize("name", list(FIXED_POINT_METHODS))
@@ -135,11 +128,11 @@ def test_cos_fixed_point_iteration_count_ordering() -> None:
     its = {
         name: int(fi.solve_fixed_point(cos_map, x0, t, method=m).iterations)
         for name, m in FIXED_POINT_METHODS.items()
-        if name in ("FixedPointIteration", "Anderson", "Broyden", "Newton_GMRES")
+        if name in ("FixedPointIteration", "Anderson", "Broyden", "Newton")
     }
     # plain iteration: about log(1e-10) / log(0.85) ~ 140 iterations
     assert 100 <= its["FixedPointIteration"] <= 200
-    for name in ("Anderson", "Broyden", "Newton_GMRES"):
+    for name in ("Anderson", "Broyden", "Newton"):
         assert its[name] <= 20, its
 
 
@@ -418,7 +411,7 @@ def _coupled_problem(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, tor
         fi.Newton(solve=fi.GMRES(restart=5, maxiter=500)),
         fi.Broyden(maxiter=300),
     ],
-    ids=["Newton_GMRES", "Newton_LU", "Newton_GMRES5", "Broyden"],
+    ids=["Newton", "Newton_LU", "Newton_GMRES5", "Broyden"],
 )
 def test_coupled_nonlinear_system(method: fi.InnerMethod) -> None:
     A, b, x_true = _coupled_problem(10, 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import inner_methods
 import pytest
 import torch
 from torch.func import grad, jacrev, vmap
@@ -23,14 +24,7 @@ F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-METHODS = {
-    "FixedPointIteration": fi.FixedPointIteration(maxiter=1000),
-    "FixedPointIteration_damped": fi.FixedPointIteration(damping=0.8, maxiter=1000),
-    "Anderson": fi.Anderson(),
-    "Broyden": fi.Broyden(),
-    "Newton": fi.Newton(),
-    "Newton_LU": fi.Newton(solve=fi.LU()),
-}
+METHODS = inner_methods.methods("fixed_point")
 
 
 def _gen(seed: int) -> torch.Generator:
