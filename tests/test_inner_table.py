@@ -143,3 +143,31 @@ def test_an_undeclared_kind_is_refused(row: Row, kind: str) -> None:
     p = problem(kind)
     with pytest.raises(TypeError, match="does not solve this kind of problem; it works with"):
         p.solve(row.method, p.c)
+
+
+@pytest.mark.parametrize(
+    ("row", "kind"),
+    [(row, kind) for row, kind in PAIRS if not hasattr(row.method, "solve")],
+    ids=[f"{row.name}-{kind}" for row, kind in PAIRS if not hasattr(row.method, "solve")],
+)
+def test_no_host_reads_in_the_loop(monkeypatch: pytest.MonkeyPatch, row: Row, kind: str) -> None:
+    """Every host read of a loop (the batch-wide early stop, the line searches) goes through
+    ``_core.loop.physical``: one per iteration with ``check_every=1``, none with ``None``.
+    (A method with an inner linear solve, e.g. Newton, also reads in that solve: the linear
+    solver's own ``check_every`` governs those.)"""
+    from funcimplicit._core import loop as _loop
+
+    calls = [0]
+    original = _loop.physical
+
+    def counted(tensor: torch.Tensor) -> object:
+        calls[0] += 1
+        return original(tensor)
+
+    monkeypatch.setattr(_loop, "physical", counted)
+    p = problem(kind)
+    eager = p.solve(row.method, p.c)
+    assert calls[0] >= int(eager.iterations)
+    calls[0] = 0
+    p.solve(row.with_(check_every=None), p.c)
+    assert calls[0] == 0

@@ -55,7 +55,14 @@ class GradientDescent(InnerMethod):
         if self.backtracking and objective is not None:
             slope = -self.step_size * _tree.vdot(t, t)
             x = backtrack(
-                problem, x, direction, objective(x), slope, objective, self.max_backtracks
+                problem,
+                x,
+                direction,
+                objective(x),
+                slope,
+                objective,
+                self.max_backtracks,
+                self.check_every,
             )
         else:
             x = _tree.add(x, direction)

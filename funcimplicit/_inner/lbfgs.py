@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._core import tree as _tree
-from .._core.loop import ALL_DONE, progress, safe_div
+from .._core.loop import ALL_DONE, checked, progress, safe_div
 from .base import InnerMethod, InnerProblem
 
 __all__ = ["LBFGS", "armijo"]
@@ -38,6 +38,7 @@ def armijo(
     slope: torch.Tensor,
     max_steps: int,
     skip: torch.Tensor,
+    check_every: int | None = 1,
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Backtracking on ``t`` in ``1, 1/2, 1/4, ...`` until
     ``objective(x + t d) <= value + c1 t slope`` (with ``slope = grad . d < 0``).
@@ -46,15 +47,16 @@ def armijo(
     holds in ``max_steps`` trials does not move (``x_new = x``): the objective never
     increases, by more than its rounding: where ``|t slope|`` is below ``4 eps |L|`` the
     test cannot be resolved in floating point, and a trial no higher than ``L + 4 eps |L|``
-    passes. Elements flagged in ``skip`` (finished ones) take no trial at all.
+    passes. Elements flagged in ``skip`` (finished ones) take no trial at all. ``check_every``
+    as in :func:`~funcimplicit._core.loop.iterate` (``None``: no host read, all trials).
     """
     rounding = 4 * torch.finfo(value.dtype).eps
     t = torch.ones_like(value)
     accepted = torch.zeros_like(value, dtype=torch.bool)
     new_value = value
     settled = skip | accepted
-    for _ in range(max_steps):
-        if progress(settled) == ALL_DONE:
+    for k in range(max_steps):
+        if checked(k, check_every) and progress(settled) == ALL_DONE:
             break
         trial = objective(_tree.axpy(t, direction, x))
         # Where the predicted decrease is below the rounding of L, L cannot resolve it: a
@@ -170,7 +172,9 @@ class LBFGS(InnerMethod):
         d = torch.where(descent, d, -gamma * g)
         slope = torch.where(descent, slope, -gamma * _dot(g, g))
 
-        x_new, f_new, accepted = armijo(objective, x, d, f, slope, self.max_backtracks, finished)
+        x_new, f_new, accepted = armijo(
+            objective, x, d, f, slope, self.max_backtracks, finished, self.check_every
+        )
         g_new = problem.root(x_new)
         s, y = x_new - x, g_new - g
         sy, yy = _dot(s, y), _dot(y, y)

@@ -164,7 +164,9 @@ class GaussNewton(_NormalStepMethod):
         if self.backtracking:
             slope = _tree.vdot(at.g, s)
             merit = SumOfSquares(_residual_of(problem, "GaussNewton"))
-            x, _, _ = armijo(merit, x, s, at.f, slope, self.max_backtracks, finished)
+            x, _, _ = armijo(
+                merit, x, s, at.f, slope, self.max_backtracks, finished, self.check_every
+            )
         else:
             x = _tree.add(x, s)
         # Linearize once at the new iterate: its J^T r tests convergence, and its

@@ -10,7 +10,7 @@ import torch
 
 from .._core import func as _func
 from .._core import tree as _tree
-from .._core.loop import ALL_DONE, progress
+from .._core.loop import ALL_DONE, checked, progress
 from .._linear.adapter import as_linear_solver
 from .._linear.base import LinearSolver
 from .._linear.gmres import GMRES
@@ -30,16 +30,19 @@ def backtrack(
     slope: torch.Tensor,
     merit: Any,
     max_steps: int,
+    check_every: int | None = 1,
 ) -> Any:
     """Armijo backtracking: the largest ``t`` in ``1, 1/2, ...`` with
-    ``merit(x + t d) <= merit(x) + 1e-4 t slope``; the last ``t`` if none qualifies."""
+    ``merit(x + t d) <= merit(x) + 1e-4 t slope``; the last ``t`` if none qualifies.
+    ``check_every`` as in :func:`~funcimplicit._core.loop.iterate` (``None``: no host read,
+    all ``max_steps`` trials)."""
     t = torch.ones_like(merit_x)
     accepted = torch.zeros_like(merit_x, dtype=torch.bool)
-    for _ in range(max_steps):
+    for k in range(max_steps):
         trial = merit(_tree.axpy(t, direction, x))
         good = torch.isfinite(trial) & (trial <= merit_x + 1e-4 * t * slope)
         accepted = accepted | good
-        if progress(accepted) == ALL_DONE:
+        if checked(k, check_every) and progress(accepted) == ALL_DONE:
             break
         t = torch.where(accepted, t, 0.5 * t)
     return _tree.axpy(t, direction, x)
@@ -97,7 +100,9 @@ class Newton(InnerMethod):
             merit = merit_of(problem)
             # slope of the merit along s: grad(L) . s, or -||T||^2 for the exact step
             slope = _tree.vdot(t, s) if minimizing else -_tree.vdot(t, t)
-            x = backtrack(problem, x, s, merit(x), slope, merit, self.max_backtracks)
+            x = backtrack(
+                problem, x, s, merit(x), slope, merit, self.max_backtracks, self.check_every
+            )
         else:
             x = _tree.add(x, s)
         return x, self.init(problem, x)
