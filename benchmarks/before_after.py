@@ -1,0 +1,379 @@
+"""The rows of the "fast by default" targets for this checkout and an earlier commit, side by
+side in one process (every pair of calls interleaved).
+
+    PYTHONPATH=. python benchmarks/before_after.py                  # against 88e3fe2
+    PYTHONPATH=. python benchmarks/before_after.py --before <rev> --quick --out DIR
+
+The earlier commit is extracted with ``git archive`` into a temporary folder and imported as
+``funcimplicit_before`` (the package imports itself only relatively), so both versions run in
+the same interpreter on the same tensors. The default ``88e3fe2`` is the last commit before
+the issues "derivatives through user code", "one shape for every solver" and "fast by
+default" were worked on. Only APIs both versions have are used (the default solve,
+``fi.CG``, ``fi.GMRES``, ``fi.FixedPointIteration``, ``implicit_root``, ``solve_fixed_point``);
+an option the earlier version lacks (``check_every``) is marked ``-``.
+
+Rows (times are medians over interleaved repeats, float64, one thread):
+
+1. ridge hypergradient d = 100 (n = 200), inner dense solve, each library's *default*
+   backward solve, forward + backward; TorchOpt's default (``solve_normal_cg``) when
+   installed; error against the closed form.
+2. bare CG on an SPD system (d = 500, condition 1e3, rtol 1e-10): TorchOpt's
+   ``torchopt.linalg.cg`` time / funcimplicit's.
+3. CG (n = 2000) and GMRES (n = 500) against their matvec floor: solve time / (iterations x
+   the median of one bare ``A @ v``).
+4. ``torch.compile`` of the user's own function (the ridge hypergradient of row 1 with
+   ``solve=fi.CG(maxiter=20)``): eager / compiled, and how many times dynamo compiled.
+5. ``vmap`` over 32 affine contractions (n = 100) with radii 0.1 ... 0.99 by
+   ``FixedPointIteration``: vmap time / the slowest problem alone.
+6. host synchronizations (``aten::_local_scalar_dense``, what ``bool``/``int``/``item`` of a
+   tensor dispatch) per CG iteration at n = 200, with ``check_every`` 1 and ``None``.
+
+Prints one markdown table; ``--out`` also writes it to ``DIR/before_after.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import funcimplicit as fi
+
+F64 = torch.float64
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BEFORE = "88e3fe2"
+
+
+def load_version(rev: str, into: Path) -> types.ModuleType:
+    """The package at ``rev``, imported as ``funcimplicit_before``."""
+    archive = subprocess.run(
+        ["git", "archive", rev, "funcimplicit"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    tar_path = into / "before.tar"
+    tar_path.write_bytes(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(into, filter="data")
+    name = "funcimplicit_before"
+    spec = importlib.util.spec_from_file_location(
+        name,
+        into / "funcimplicit" / "__init__.py",
+        submodule_search_locations=[str(into / "funcimplicit")],
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def interleaved(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
+    """Median seconds of each of ``fns``, called in turn ``repeats`` times after a warm-up."""
+    for fn in fns:
+        fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            samples[i].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def spd(n: int, cond: float, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=_gen(seed)))
+    eig = torch.logspace(0.0, math.log10(cond), n, dtype=F64)
+    a = (q * eig) @ q.mT
+    return (a + a.mT) / 2
+
+
+def nonsymmetric(n: int, seed: int) -> torch.Tensor:
+    g = torch.randn(n, n, dtype=F64, generator=_gen(seed))
+    return torch.eye(n, dtype=F64) * 2 + 0.5 * g / math.sqrt(n)
+
+
+# --------------------------------------------------------------------------------------------
+# Row 1: the ridge hypergradient with each default solve
+
+
+class Ridge:
+    def __init__(self, d: int = 100, n: int = 200, seed: int = 0) -> None:
+        g = _gen(seed)
+        self.X = torch.randn(n, d, dtype=F64, generator=g)
+        self.y = torch.randn(n, dtype=F64, generator=g)
+        self.Xv = torch.randn(n, d, dtype=F64, generator=g)
+        self.yv = torch.randn(n, dtype=F64, generator=g)
+        self.lam = torch.full((d,), 1.0, dtype=F64)
+
+    @staticmethod
+    def optimality(
+        theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: torch.Tensor
+    ) -> torch.Tensor:
+        return X.T @ (X @ theta - y) + lam * theta
+
+    @staticmethod
+    def inner(
+        init: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: torch.Tensor
+    ) -> torch.Tensor:
+        out: torch.Tensor = torch.linalg.solve(X.T @ X + torch.diag(lam), X.T @ y)
+        return out
+
+    def closed_form(self) -> torch.Tensor:
+        a = self.X.T @ self.X + torch.diag(self.lam)
+        theta = torch.linalg.solve(a, self.X.T @ self.y)
+        g = self.Xv.T @ (self.Xv @ theta - self.yv)
+        return -torch.linalg.solve(a, g) * theta
+
+    def hypergradient(self, solver: Callable[..., torch.Tensor]) -> torch.Tensor:
+        lam = self.lam.clone().requires_grad_(True)
+        theta = solver(torch.zeros_like(lam), self.X, self.y, lam)
+        loss = 0.5 * (self.Xv @ theta - self.yv).pow(2).sum()
+        (g,) = torch.autograd.grad(loss, lam)
+        return g
+
+
+def _torchopt() -> Any | None:
+    try:
+        import torchopt
+
+        return torchopt
+    except ImportError:
+        return None
+
+
+def row_ridge(versions: dict[str, Any], repeats: int) -> list[str]:
+    p = Ridge()
+    fns: dict[str, Callable[[], torch.Tensor]] = {}
+    for label, v in versions.items():
+        solver = v.implicit_root(Ridge.optimality, argnums=3)(Ridge.inner)
+        fns[label] = lambda s=solver: p.hypergradient(s)
+    to = _torchopt()
+    if to is not None:
+        root = to.diff.implicit.custom_root(
+            lambda theta, lam, X, y: Ridge.optimality(theta, X, y, lam), argnums=1
+        )(lambda init, lam, X, y: Ridge.inner(init, X, y, lam))
+        fns["TorchOpt"] = lambda: p.hypergradient(lambda i, X, y, lam: root(i, lam, X, y))
+    times = dict(zip(fns, interleaved(list(fns.values()), repeats), strict=True))
+    ref = p.closed_form()
+    errors = {k: float((fn() - ref).abs().max() / ref.abs().max()) for k, fn in fns.items()}
+    cells = [f"{times[k] * 1e3:.2f} ms (err {errors[k]:.0e})" for k in versions]
+    if "TorchOpt" in times:
+        ratios = " / ".join(f"{times['TorchOpt'] / times[k]:.1f}x" for k in versions)
+        cells = [
+            f"{c}; TorchOpt/fi {times['TorchOpt'] / times[k]:.1f}x"
+            for c, k in zip(cells, versions, strict=True)
+        ]
+        del ratios
+    return ["ridge d=100, default solve, fwd+bwd (TorchOpt/fi ≥ 5x)", *cells]
+
+
+# --------------------------------------------------------------------------------------------
+# Rows 2-3: bare Krylov solves
+
+
+def row_bare_cg(versions: dict[str, Any], repeats: int) -> list[str]:
+    n = 500
+    a, b = spd(n, 1e3, 1), torch.randn(n, dtype=F64, generator=_gen(2))
+    fns = {
+        k: (lambda v=v: v.CG(rtol=1e-10, atol=0.0, maxiter=2000).run(lambda x: a @ x, b))
+        for k, v in versions.items()
+    }
+    to = _torchopt()
+    cells: list[str] = []
+    if to is None:
+        return [
+            "bare CG d=500, TorchOpt/fi (≥ 1.0x)",
+            *(["TorchOpt not installed"] * len(versions)),
+        ]
+    fns["TorchOpt"] = lambda: to.linalg.cg(lambda x: a @ x, b, rtol=1e-10, atol=0.0, maxiter=2000)
+    times = dict(zip(fns, interleaved(list(fns.values()), repeats), strict=True))
+    for k in versions:
+        cells.append(f"{times['TorchOpt'] / times[k]:.2f}x ({times[k] * 1e3:.2f} ms)")
+    return [
+        f"bare CG d=500, TorchOpt/fi (≥ 1.0x; TorchOpt {times['TorchOpt'] * 1e3:.2f} ms)",
+        *cells,
+    ]
+
+
+def row_floor(versions: dict[str, Any], repeats: int, kind: str) -> list[str]:
+    n = 2000 if kind == "CG" else 500
+    a = spd(n, 1e3, 3) if kind == "CG" else nonsymmetric(n, 3)
+    b = torch.randn(n, dtype=F64, generator=_gen(4))
+    fns: dict[str, Callable[[], Any]] = {}
+    for k, v in versions.items():
+        solver = (
+            v.CG(rtol=1e-10, atol=0.0, maxiter=5000)
+            if kind == "CG"
+            else v.GMRES(rtol=1e-10, atol=0.0, maxiter=500, restart=50)
+        )
+        fns[k] = lambda s=solver: s.run(lambda x: a @ x, b)
+    x = torch.randn(n, dtype=F64, generator=_gen(5))
+    fns["matvec"] = lambda: a @ x
+    times = dict(zip(fns, interleaved(list(fns.values()), repeats), strict=True))
+    cells = []
+    for k in versions:
+        its = int(fns[k]().iterations)
+        cells.append(f"{times[k] / (its * times['matvec']):.2f}x ({its} its)")
+    target = "≤ 1.2x" if kind == "CG" else "≤ 3x"
+    return [f"{kind} n={n} / matvec floor ({target})", *cells]
+
+
+# --------------------------------------------------------------------------------------------
+# Row 4: torch.compile of the user's function
+
+
+def row_compiled(versions: dict[str, Any], repeats: int) -> list[str]:
+    import torch._dynamo
+
+    p = Ridge()
+    cells = []
+    for v in versions.values():
+        solver = v.implicit_root(Ridge.optimality, argnums=3, solve=v.CG(maxiter=20))(Ridge.inner)
+
+        def user(lam: torch.Tensor, s: Any = solver) -> torch.Tensor:
+            theta = s(torch.zeros_like(lam), p.X, p.y, lam)
+            loss = 0.5 * (p.Xv @ theta - p.yv).pow(2).sum()
+            (g,) = torch.autograd.grad(loss, lam)
+            return g
+
+        torch._dynamo.reset()
+        compiled = torch.compile(user)
+        frames = [0]
+
+        def eager() -> torch.Tensor:
+            return user(p.lam.clone().requires_grad_(True))
+
+        def comp(c: Any = compiled) -> torch.Tensor:
+            return c(p.lam.clone().requires_grad_(True))
+
+        comp()  # the compile, outside the timing
+        from torch._dynamo.utils import counters
+
+        before = int(counters["stats"]["unique_graphs"])
+        t_eager, t_comp = interleaved([eager, comp], repeats)
+        frames[0] = int(counters["stats"]["unique_graphs"]) - before
+        diff = float((comp() - eager()).abs().max() / eager().abs().max())
+        graphs = f"new graphs in {repeats + 1} calls: {frames[0]}"
+        cells.append(f"{t_eager / t_comp:.2f}x ({graphs}; diff {diff:.0e})")
+    return ["compiled user code, ridge: eager/compiled (≥ 3x)", *cells]
+
+
+# --------------------------------------------------------------------------------------------
+# Row 5: vmap over uneven problems
+
+
+def row_uneven(versions: dict[str, Any], repeats: int) -> list[str]:
+    n, count = 100, 32
+    radii = torch.linspace(0.1, 0.99, count, dtype=F64)
+    g = torch.randn(count, n, n, dtype=F64, generator=_gen(6))
+    g = (g + g.mT) / 2
+    js = g / torch.linalg.matrix_norm(g, ord=2)[:, None, None] * radii[:, None, None]
+    cs = torch.randn(count, n, dtype=F64, generator=_gen(7))
+
+    def F(x: torch.Tensor, j: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return j @ x + c
+
+    cells = []
+    for v in versions.values():
+        method = v.FixedPointIteration(maxiter=5000, on_failure="ignore")
+
+        def one(j: torch.Tensor, c: torch.Tensor, m: Any = method, vv: Any = v) -> Any:
+            return vv.solve_fixed_point(
+                F, torch.zeros(n, dtype=F64), j, c, method=m, implicit=False
+            )
+
+        batch = lambda o=one: torch.func.vmap(o)(js, cs)  # noqa: E731
+        slowest = lambda o=one: o(js[-1], cs[-1])  # noqa: E731
+        t_batch, t_slow = interleaved([batch, slowest], max(3, repeats // 4))
+        cells.append(f"{t_batch / t_slow:.1f}x ({t_batch * 1e3:.0f} / {t_slow * 1e3:.0f} ms)")
+    return ["vmap 32 uneven contractions / slowest alone (≤ 1.5x)", *cells]
+
+
+# --------------------------------------------------------------------------------------------
+# Row 6: host synchronizations per iteration
+
+
+class _CountSyncs(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def row_syncs(versions: dict[str, Any]) -> list[str]:
+    n = 200
+    a, b = spd(n, 1e3, 8), torch.randn(n, dtype=F64, generator=_gen(9))
+    cells = []
+    for v in versions.values():
+        parts = []
+        for every in (1, None):
+            try:
+                solver = v.CG(rtol=1e-10, atol=0.0, maxiter=1000, check_every=every)
+            except TypeError:
+                parts.append("-")
+                continue
+            with _CountSyncs() as mode:
+                result = solver.run(lambda x: a @ x, b)
+            parts.append(f"{mode.count / int(result.iterations):.2f}")
+        cells.append(" / ".join(parts))
+    return ["host syncs per CG iteration, check_every 1 / None (an option for 0)", *cells]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default=DEFAULT_BEFORE, help="the earlier git revision")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no compile row")
+    parser.add_argument("--out", type=Path, default=None, help="folder for before_after.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    repeats = 5 if args.quick else 21
+    with tempfile.TemporaryDirectory() as tmp:
+        before = load_version(args.before, Path(tmp))
+        versions = {f"before ({args.before})": before, "after (this checkout)": fi}
+        rows: list[list[str]] = []
+        steps: list[Callable[[], list[str]]] = [
+            lambda: row_ridge(versions, repeats),
+            lambda: row_bare_cg(versions, repeats),
+            lambda: row_floor(versions, repeats, "CG"),
+            lambda: row_floor(versions, repeats, "GMRES"),
+            lambda: row_uneven(versions, repeats),
+            lambda: row_syncs(versions),
+        ]
+        if not args.quick:
+            steps.insert(4, lambda: row_compiled(versions, repeats))
+        for step in steps:
+            rows.append(step())
+            print(f"  done: {rows[-1][0]}", file=sys.stderr, flush=True)
+    header = ["row (target)", *versions]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "before_after.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
