@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from .._core import tree as _tree
-from .base import InnerMethod, InnerProblem
-from .newton import RootValues, backtrack
+from .base import InnerProblem
+from .newton import RootStepMethod, RootValues, backtrack
 
 __all__ = ["GradientDescent"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class GradientDescent(InnerMethod):
+class GradientDescent(RootStepMethod):
     """Gradient descent ``x <- x - step_size * grad L(x)`` for :func:`minimize`.
 
     With ``backtracking``, each step starts at ``step_size`` and is halved until the
@@ -42,10 +40,6 @@ class GradientDescent(InnerMethod):
         if not isinstance(self.step_size, int | float) or not self.step_size > 0:
             raise ValueError(f"GradientDescent: step_size must be > 0; got {self.step_size!r}.")
 
-    def init(self, problem: InnerProblem, x: Any) -> RootValues:
-        t = problem.root(x)
-        return t, _tree.norm(t)
-
     # x <- x - step_size T(x), T = grad L when minimizing
     def step(
         self, problem: InnerProblem, x: Any, state: RootValues, iteration: int
@@ -67,6 +61,3 @@ class GradientDescent(InnerMethod):
         else:
             x = _tree.add(x, direction)
         return x, self.init(problem, x)
-
-    def residual_norm(self, problem: InnerProblem, x: Any, state: RootValues) -> torch.Tensor:
-        return state[1]

@@ -16,10 +16,23 @@ from .._linear.base import LinearSolver
 from .._linear.gmres import GMRES
 from .base import InnerMethod, InnerProblem
 
-__all__ = ["Newton", "RootValues", "backtrack", "merit_of"]
+__all__ = ["Newton", "RootStepMethod", "RootValues", "backtrack", "merit_of"]
 
 #: The state of methods that keep ``(T(x), ||T(x)||)`` at the current ``x``.
 RootValues = tuple[Any, torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RootStepMethod(InnerMethod):
+    """A method whose state is ``(T(x), ||T(x)||)`` at the current ``x`` (Newton, gradient
+    descent): it defines ``step``, which ends with ``self.init(problem, x_new)``."""
+
+    def init(self, problem: InnerProblem, x: Any) -> RootValues:
+        t = problem.root(x)
+        return t, _tree.norm(t)
+
+    def residual_norm(self, problem: InnerProblem, x: Any, state: RootValues) -> torch.Tensor:
+        return state[1]
 
 
 def backtrack(
@@ -49,7 +62,7 @@ def backtrack(
 
 
 @dataclass(frozen=True, kw_only=True)
-class Newton(InnerMethod):
+class Newton(RootStepMethod):
     """Newton's method for ``T(x) = 0``: solve ``J s = -T(x)`` with any linear solver.
 
     ``J`` is applied as a JVP of ``T`` (never formed unless ``solve`` is dense). With
@@ -79,11 +92,6 @@ class Newton(InnerMethod):
         if not isinstance(self.max_backtracks, int) or self.max_backtracks < 1:
             raise ValueError(f"Newton: max_backtracks must be >= 1; got {self.max_backtracks!r}.")
 
-    # State: T(x) and ||T(x)||.
-    def init(self, problem: InnerProblem, x: Any) -> RootValues:
-        t = problem.root(x)
-        return t, _tree.norm(t)
-
     def step(
         self, problem: InnerProblem, x: Any, state: RootValues, iteration: int
     ) -> tuple[Any, RootValues]:
@@ -106,9 +114,6 @@ class Newton(InnerMethod):
         else:
             x = _tree.add(x, s)
         return x, self.init(problem, x)
-
-    def residual_norm(self, problem: InnerProblem, x: Any, state: RootValues) -> torch.Tensor:
-        return state[1]
 
 
 def merit_of(problem: InnerProblem) -> Callable[[Any], torch.Tensor]:
