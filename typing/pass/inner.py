@@ -76,3 +76,35 @@ class Picard(fi.InnerMethod):
 
 relaxed = fi.solve_fixed_point(F, torch.zeros((), dtype=dtype), theta, method=Picard(maxiter=200))
 torch.testing.assert_close(relaxed.value, fixed.value, rtol=1e-6, atol=1e-6)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Relaxed(fi.InnerMethod):
+    """``x <- (1 - w) x + w F(x)`` in the init/step shape: the driver loop is the library's."""
+
+    weight: float = 0.5
+
+    def init(self, problem: fi.InnerProblem, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fx = problem.fixed_point(x)
+        return fx, torch.linalg.vector_norm(fx - x)
+
+    def step(
+        self,
+        problem: fi.InnerProblem,
+        x: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor],
+        iteration: int,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        x = (1 - self.weight) * x + self.weight * state[0]
+        return x, self.init(problem, x)
+
+    def residual_norm(
+        self, problem: fi.InnerProblem, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        return state[1]
+
+
+stepped = fi.solve_fixed_point(
+    F, torch.zeros((), dtype=dtype), theta, method=Relaxed(maxiter=300, check_every=None)
+)
+torch.testing.assert_close(stepped.value, fixed.value, rtol=1e-6, atol=1e-6)
