@@ -49,6 +49,12 @@ class Normal(LinearSolverBase):
             :class:`funcimplicit.LinearSolverBase` subclass), with its own ``rtol``,
             ``atol``, ``ridge`` and ``on_failure`` left at their defaults.
 
+    Raises:
+        TypeError: ``inner`` is not a linear solver instance (a class, a callable, an inner
+            method such as ``fi.LBFGS()``).
+        ValueError: ``inner`` solves least squares itself (``NormalCG``, ``Normal``), or sets
+            ``rtol``, ``atol``, ``ridge`` or ``on_failure``, which are ``Normal``'s.
+
     Examples:
         >>> import torch, funcimplicit as fi
         >>> A = torch.tensor([[1.0, 2.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
@@ -136,9 +142,8 @@ def _check_inner(inner: object) -> None:
     if not isinstance(inner, LinearSolverBase):
         raise TypeError(
             "Normal(inner): inner must be a linear solver (a fi.LinearSolverBase such as "
-            f"fi.CG(), fi.Cholesky(), fi.LU() or fi.GMRES()); received {type(inner).__name__} "
-            f"({inner!r:.60}). For your own method, subclass fi.LinearSolverBase and pass "
-            "an instance."
+            f"fi.CG(), fi.Cholesky(), fi.LU() or fi.GMRES()); received {type(inner).__name__}. "
+            "For your own method, subclass fi.LinearSolverBase and pass an instance."
         )
     if inner.least_squares:
         raise ValueError(
