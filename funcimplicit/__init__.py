@@ -33,6 +33,7 @@ from ._linear.dense import LU as LU
 from ._linear.dense import Cholesky as Cholesky
 from ._linear.gmres import GMRES as GMRES
 from ._linear.neumann import Neumann as Neumann
+from ._linear.normal import Normal as Normal
 from ._linear.normal import NormalCG as NormalCG
 from ._rules.decorators import fixed_point as fixed_point
 from ._rules.decorators import implicit_root as implicit_root
@@ -70,6 +71,7 @@ __all__ = [
     "LinearSolverBase",
     "Neumann",
     "Newton",
+    "Normal",
     "NormalCG",
     "ProjectedGradient",
     "Solution",

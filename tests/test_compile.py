@@ -106,6 +106,7 @@ LINEAR_SOLVERS = [
     fi.Neumann(maxiter=80, rtol=1e-13),
     fi.LU(),
     fi.Cholesky(),
+    fi.Normal(fi.Cholesky()),
 ]
 
 

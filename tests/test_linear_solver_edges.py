@@ -43,10 +43,11 @@ def _solvers(on_failure: str) -> list[Any]:
         fi.NormalCG(**kw),
         fi.LU(**kw),
         fi.Cholesky(**kw),
+        fi.Normal(fi.Cholesky(), **kw),
     ]
 
 
-SOLVER_IDS = ["CG", "GMRES", "BiCGStab", "Neumann", "NormalCG", "LU", "Cholesky"]
+SOLVER_IDS = ["CG", "GMRES", "BiCGStab", "Neumann", "NormalCG", "LU", "Cholesky", "Normal"]
 # Neumann needs the spectral radius of I - A below 1: A = I + 0.1 S (S SPD, scaled) fits.
 A = torch.eye(4, dtype=F64) + 0.1 * _spd() / torch.linalg.matrix_norm(_spd(), 2)
 
@@ -59,7 +60,7 @@ def _matvec(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("bad", [NAN, float("inf")], ids=["nan", "inf"])
-@pytest.mark.parametrize("index", range(7), ids=SOLVER_IDS)
+@pytest.mark.parametrize("index", range(len(SOLVER_IDS)), ids=SOLVER_IDS)
 def test_non_finite_rhs_gives_nan_whatever_on_failure(index: int, bad: float) -> None:
     b = torch.tensor([bad, 1.0, 2.0, 3.0], dtype=F64)
     with warnings.catch_warnings():
@@ -74,7 +75,7 @@ def test_non_finite_rhs_gives_nan_whatever_on_failure(index: int, bad: float) ->
         fi.linear_solve(_matvec, b, A, solve=_solvers("raise")[index])
 
 
-@pytest.mark.parametrize("index", range(7), ids=SOLVER_IDS)
+@pytest.mark.parametrize("index", range(len(SOLVER_IDS)), ids=SOLVER_IDS)
 def test_direct_call_and_run_show_nan(index: int) -> None:
     solver = _solvers("ignore")[index]
     b = torch.tensor([1.0, NAN, 2.0, 3.0], dtype=F64)
@@ -84,7 +85,7 @@ def test_direct_call_and_run_show_nan(index: int) -> None:
     assert not bool(result.converged)
 
 
-@pytest.mark.parametrize("index", range(7), ids=SOLVER_IDS)
+@pytest.mark.parametrize("index", range(len(SOLVER_IDS)), ids=SOLVER_IDS)
 def test_non_finite_operator_product_gives_nan(index: int) -> None:
     m = A.clone()
     m[2, 1] = NAN
@@ -93,7 +94,7 @@ def test_non_finite_operator_product_gives_nan(index: int) -> None:
     assert torch.isnan(x).all(), x
 
 
-@pytest.mark.parametrize("index", range(7), ids=SOLVER_IDS)
+@pytest.mark.parametrize("index", range(len(SOLVER_IDS)), ids=SOLVER_IDS)
 def test_nan_cotangent_gives_nan_gradient(index: int) -> None:
     """A NaN cotangent must not become a zero gradient (it was, with every Krylov method):
     linear_solve's rule (the implicit rule of ``A x - b``) refuses it, whatever on_failure."""
@@ -117,7 +118,7 @@ def test_user_solver_nan_rhs(solve: Any) -> None:
     assert torch.isnan(x).all()
 
 
-@pytest.mark.parametrize("index", range(7), ids=SOLVER_IDS)
+@pytest.mark.parametrize("index", range(len(SOLVER_IDS)), ids=SOLVER_IDS)
 def test_nan_stays_in_its_vmap_element(index: int) -> None:
     solver = _solvers("ignore")[index]
     bs = torch.stack(
@@ -154,7 +155,7 @@ def test_nan_stays_in_its_vmap_element(index: int) -> None:
 # ----------------------------------------------------------------------------- 0 elements
 
 
-@pytest.mark.parametrize("index", range(7), ids=SOLVER_IDS)
+@pytest.mark.parametrize("index", range(len(SOLVER_IDS)), ids=SOLVER_IDS)
 def test_empty_rhs_solves_to_empty(index: int) -> None:
     solver = _solvers("raise")[index]
     b = torch.zeros(0, dtype=F64, requires_grad=True)
@@ -173,7 +174,7 @@ def test_empty_rhs_solves_to_empty(index: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "index", [0, 1, 2, 5, 6], ids=["CG", "GMRES", "BiCGStab", "LU", "Cholesky"]
+    "index", [0, 1, 2, 5, 6, 7], ids=["CG", "GMRES", "BiCGStab", "LU", "Cholesky", "Normal"]
 )
 def test_tree_with_an_empty_leaf_matches_dense(index: int) -> None:
     solver = _solvers("raise")[index]

@@ -60,7 +60,7 @@ def effective_system(
     """The square system ``(M, c)`` the solver is documented to solve, in float64."""
     a, b = a.to(F64), b.to(F64)
     eye = torch.eye(a.shape[-1], dtype=F64)
-    if isinstance(solver, fi.NormalCG):  # (A^T A + ridge I) x = A^T b
+    if solver.least_squares:  # Normal, NormalCG: (A^T A + ridge I) x = A^T b
         return a.mT @ a + solver.ridge * eye, a.mT @ b
     return a + solver.ridge * eye, b
 
@@ -69,7 +69,8 @@ def default_rtol(solver: Any, dtype: torch.dtype) -> float:
     """The documented default: sqrt(eps) for dense solvers, 1e-10 / 1e-5 for iterative ones."""
     if solver.rtol is not None:
         return float(solver.rtol)
-    if isinstance(solver, fi.LU | fi.Cholesky):
+    dense = solver.materializes or (solver.least_squares and solver.inner.materializes)
+    if dense:
         return math.sqrt(torch.finfo(dtype).eps)
     return {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
 
@@ -639,6 +640,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], float]] = {
     "GMRES_restart5": (("spd", "nonsym"), 2.0),
     "BiCGStab": (("spd", "nonsym", "contraction"), 3.0),
     "NormalCG": (("spd", "nonsym", "contraction"), 3.0),
+    "Normal_Cholesky": (("spd", "nonsym", "contraction"), 3.0),
     "Neumann": (("contraction",), 0.0),
 }
 
@@ -690,5 +692,14 @@ def test_property_pytrees(entry: Entry, tree: str, seed: int) -> None:
 def test_dense_table_is_complete() -> None:
     """Every public solver class appears in the table."""
     classes = {type(e.solver) for e in SOLVERS}
-    assert classes == {fi.CG, fi.NormalCG, fi.GMRES, fi.BiCGStab, fi.Neumann, fi.LU, fi.Cholesky}
-    assert {type(e.solver) for e in DENSE} == {fi.LU, fi.Cholesky}
+    assert classes == {
+        fi.CG,
+        fi.NormalCG,
+        fi.Normal,
+        fi.GMRES,
+        fi.BiCGStab,
+        fi.Neumann,
+        fi.LU,
+        fi.Cholesky,
+    }
+    assert {type(e.solver) for e in DENSE} == {fi.LU, fi.Cholesky, fi.Normal}

@@ -72,11 +72,11 @@ class LinearSolverBase:
 
     - ``requires_symmetric``: the method assumes a symmetric operator (CG, Cholesky).
     - ``least_squares``: the method solves ``min ||A x - b||`` through the normal equations,
-      also for a non-square ``A`` (NormalCG); it then gives :meth:`normal_solver`, and
+      also for a non-square ``A`` (Normal, NormalCG); it then gives :meth:`normal_solver`, and
       ``ridge`` means Tikhonov ``(A^T A + ridge I)``; for every other solver ``(A + ridge I)``.
     - ``materializes``: the method builds the matrix of ``A``, one product per unknown
       (LU, Cholesky).
-    - ``needs_transpose``: the method applies ``A^T`` through a VJP of ``matvec`` (NormalCG).
+    - ``needs_transpose``: the method applies ``A^T`` through a VJP of ``matvec`` (Normal).
     - ``applies_operator_only``: the method only applies the operator to trees (never
       differentiates or ``vmap``-s it), so a cheaper operator without derivatives may be
       handed to it (the iterative solvers).

@@ -8,100 +8,24 @@ is evaluated on a structural snapshot with ``torch.func.functional_call`` (see `
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from .._core.checks import floating_leaves
 from .._linear.adapter import as_linear_solver
-from .._linear.auto import Auto
 from .._linear.base import LinearSolveArg, LinearSolverBase
-from .._rules.root import attach
-from . import state
+from . import attributes, solve_step, state
+from .contract import ImplicitModuleType, defines, placeholder
 from .state import Functional as Functional
 
 __all__ = ["Functional", "ImplicitMetaGradientModule"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 _METHODS = ("objective", "optimality", "solve")
 
 
-class _ImplicitModuleType(type):
-    """Sees the constructor's arguments, so assignments in ``__init__`` can tell meta-inputs
-    from what the module creates; then checks that the instance is complete."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        _check_class(cls)
-        new: Any = cls.__new__
-        plain = new is object.__new__  # object.__new__ refuses the constructor's arguments
-        self: Any = new(cls) if plain else new(cls, *args, **kwargs)
-        self.__dict__["_meta"] = state.MetaParameters()
-        self.__dict__["_fi_inputs"] = state.collect_inputs(args, kwargs)
-        try:
-            self.__init__(*args, **kwargs)
-        finally:
-            del self.__dict__["_fi_inputs"]
-        _check_instance(self)
-        return self
-
-
-def _defines(cls: type, name: str) -> bool:
-    """Whether ``cls`` overrides the base class's placeholder for method ``name``."""
-    return inspect.getattr_static(cls, name) is not ImplicitMetaGradientModule.__dict__[name]
-
-
-def _check_class(cls: type) -> None:
-    name = cls.__name__
-    if not (_defines(cls, "objective") or _defines(cls, "optimality")):
-        raise TypeError(
-            f"{name} defines neither objective(self, *data) (a scalar loss of the inner "
-            "parameters) nor optimality(self, *data) (zero at the inner solution); define one."
-        )
-    if not _defines(cls, "solve"):
-        raise TypeError(
-            f"{name} does not define solve(self, *data), the inner loop that fits the inner "
-            "parameters (any optimizer, or fi.minimize on self.functional())."
-        )
-
-
-def _check_instance(self: ImplicitMetaGradientModule) -> None:
-    name = type(self).__name__
-    if "_parameters" not in self.__dict__:
-        raise TypeError(f"{name}.__init__ must call super().__init__() first.")
-    if not any(True for _ in self.parameters()):
-        raise ValueError(
-            f"{name}(...) created no inner parameters. Create them in __init__, e.g. "
-            "self.w = nn.Parameter(torch.zeros(n)) or a submodule such as nn.Linear(...)."
-        )
-    if not any(True for _ in self.meta_parameters()):
-        raise ValueError(
-            f"{name}(...) has no meta-parameters. Pass tensors that require grad (or "
-            "nn.Modules) to the constructor and assign them to attributes, or call "
-            "self.register_meta_parameter(name, tensor)."
-        )
-
-
-def _implicit_solve(raw: F) -> F:
-    """Wrap a class's own ``solve`` so that its result carries implicit derivatives.
-
-    A ``solve`` reached from inside another (``super().solve(...)`` in a subclass) runs as
-    written: only the outermost call attaches derivatives.
-    """
-
-    @functools.wraps(raw)
-    def solve(self: ImplicitMetaGradientModule, *data: Any, **kwargs: Any) -> Any:
-        if self.__dict__.get("_fi_solving"):
-            return raw(self, *data, **kwargs)
-        return self._solve_implicitly(raw, data, kwargs)
-
-    return solve  # type: ignore[return-value]
-
-
-class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
+class ImplicitMetaGradientModule(nn.Module, metaclass=ImplicitModuleType):
     """An ``nn.Module`` whose inner parameters, once fitted, carry implicit meta-gradients.
 
     Subclass it and define:
@@ -173,13 +97,14 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         for name in _METHODS:
             state.check_method_kind(cls, name)
         if "solve" in cls.__dict__:
-            cls.solve = _implicit_solve(cls.__dict__["solve"])  # type: ignore[method-assign]
+            cls.solve = solve_step.implicit_solve(cls.__dict__["solve"])  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         super().__init__()
 
     # ----------------------------------------------------------------- methods to define
 
+    @placeholder
     def objective(self, *data: Any, **kwargs: Any) -> torch.Tensor:
         """The inner loss: a scalar tensor of the inner (and meta-) parameters. Define it, or
         :meth:`optimality`.
@@ -203,6 +128,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         """
         raise NotImplementedError(f"{type(self).__name__} defines optimality(), not objective().")
 
+    @placeholder
     def optimality(self, *data: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
         """The optimality residual ``T``: zero at the inner solution, one tensor per inner
         parameter that requires grad, in ``parameters()`` order (or a dict keyed by name). By
@@ -229,6 +155,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
         residual = f.optimality(f.inner, f.meta, *data, **kwargs)
         return tuple(residual[name] for name in f.inner)
 
+    @placeholder
     def solve(self, *data: Any, **kwargs: Any) -> Any:
         """Fit the inner parameters in place by any inner loop; its return value is passed
         through. After it returns, the inner parameters carry implicit derivatives.
@@ -284,11 +211,11 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
             ['offset']
         """
         call = f"{type(self).__name__}.register_meta_parameter({name!r}, ...)"
-        self._check_name(name, call)
+        attributes.check_name(self, name, call)
         if not isinstance(tensor, torch.Tensor) or not tensor.dtype.is_floating_point:
             got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise TypeError(f"{call}: expected a floating-point tensor; received {got}.")
-        self._forget(name)
+        attributes.forget(self, name)
         state.put(self._meta._parameters, name, tensor)
 
     def register_meta_module(self, name: str, module: nn.Module) -> None:
@@ -315,10 +242,10 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
             ['w']
         """
         call = f"{type(self).__name__}.register_meta_module({name!r}, ...)"
-        self._check_name(name, call)
+        attributes.check_name(self, name, call)
         if not isinstance(module, nn.Module):
             raise TypeError(f"{call}: expected an nn.Module; received {type(module).__name__}.")
-        self._forget(name)
+        attributes.forget(self, name)
         self._meta._modules[name] = module
 
     def named_meta_parameters(
@@ -436,170 +363,26 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=_ImplicitModuleType):
             tensor([-0.5000, -1.0000, -1.5000], dtype=torch.float64)
         """
         cls = type(self)
-        return state.functional(self, _defines(cls, "objective"), not _defines(cls, "optimality"))
+        return state.functional(self, defines(cls, "objective"), not defines(cls, "optimality"))
 
-    # -------------------------------------------------------------------- the solve step
+    # ------------------------------------------------------------ the solve step, attributes
 
     def _solve_implicitly(
         self, raw: Callable[..., Any], data: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        cls = type(self)
-        label = f"{cls.__name__}.solve(*data)"
-        self._restore_leaves()
-        if not any(True for _ in self.parameters()):
-            raise ValueError(f"{label}: the module has no inner parameters to solve for.")
-        if not any(True for _ in self.meta_parameters()):
-            raise ValueError(f"{label}: the module has no meta-parameters to differentiate.")
-        self.__dict__["_fi_solving"] = True
-        try:
-            output = state.call_with_detached_meta(
-                self, self._meta, raw, state.detached(data), state.detached(kwargs)
-            )
-        finally:
-            del self.__dict__["_fi_solving"]
-
-        snapshot = state.Snapshot(self)
-        leaves = dict(snapshot.named_inner())
-        if not leaves:
-            raise ValueError(
-                f"{label}: no inner parameter requires grad, so there is nothing to solve for."
-            )
-        solution = {name: p.detach().clone() for name, p in leaves.items()}
-        floating_leaves(solution, label, "the inner parameters")
-        meta = dict(snapshot.named_meta())
-        derived = not _defines(cls, "optimality")
-        rule: Any = state.DerivedOptimality(snapshot) if derived else state.UserOptimality(snapshot)
+        derived = not defines(type(self), "optimality")
         solver = self.linear_solver
-        if solver is None:
-            solver = Auto(symmetric=derived)
-        args = (meta, snapshot.buffers(), data, kwargs)
-        out = attach(rule, solution, args, [0, 2, 3], solver, label)
-        self._install(leaves, out)
-        return output
-
-    def _install(self, leaves: dict[str, torch.Tensor], solution: dict[str, torch.Tensor]) -> None:
-        """Put ``solution`` in every slot (tied ones included) that holds one of ``leaves``."""
-        by_leaf = {id(leaves[name]): value for name, value in solution.items()}
-        installed: dict[str, torch.Tensor] = {}
-        for name, leaf in list(self.named_parameters(remove_duplicate=False)):
-            if id(leaf) in by_leaf:
-                owner, _, key = name.rpartition(".")
-                state.put(self.get_submodule(owner)._parameters, key, by_leaf[id(leaf)])
-                installed[name] = leaf
-        self.__dict__["_fi_leaves"] = installed
-
-    def _restore_leaves(self) -> None:
-        """Put the fitted leaves back before another solve (warm start, same optimizers)."""
-        for name, leaf in self.__dict__.pop("_fi_leaves", {}).items():
-            owner, _, key = name.rpartition(".")
-            try:
-                module = self.get_submodule(owner)
-            except AttributeError:
-                continue
-            current = module._parameters.get(key)
-            if current is not None and not isinstance(current, nn.Parameter):
-                state.put(module._parameters, key, leaf)
-
-    # ------------------------------------------------------------- attribute management
+        return solve_step.solve_implicitly(
+            self, self._meta, raw, data, kwargs, derived=derived, solver=solver
+        )
 
     def __getattr__(self, name: str) -> Any:
-        meta = self.__dict__.get("_meta")
-        if meta is not None:
-            if name in meta._parameters:
-                return meta._parameters[name]
-            if name in meta._modules:
-                node = meta._modules[name]
-                return node.rebuild() if isinstance(node, state.TreeNode) else node
-        return super().__getattr__(name)
+        value = attributes.get_meta(self, name)
+        return super().__getattr__(name) if value is attributes.MISSING else value
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "linear_solver":
-            if value is not None:
-                value = as_linear_solver(value, f"{type(self).__name__}.linear_solver = ...")
-            object.__setattr__(self, name, value)
-            return
-        meta: state.MetaParameters | None = self.__dict__.get("_meta")
-        inputs: state.MetaInputs | None = self.__dict__.get("_fi_inputs")
-        call = f"{type(self).__name__}: self.{name} = ..."
-        if meta is not None and inputs is not None:
-            if inputs.has_tensor(value):
-                self._forget(name)
-                state.put(meta._parameters, name, value)
-                return
-            if inputs.has_module(value):
-                self._forget(name)
-                meta._modules[name] = value
-                return
-            if state.holds_meta_tensor(value, inputs):
-                node = state.tree_node(value, call)
-                self._forget(name)
-                meta._modules[name] = node
-                return
-        if meta is not None and name in meta._parameters and isinstance(value, torch.Tensor):
-            state.put(meta._parameters, name, value)  # re-assigning a meta-parameter
-            return
-        if meta is not None and (name in meta._parameters or name in meta._modules):
-            self._forget(name)
-        if isinstance(value, nn.Module):
-            self._refuse_meta_inside(value, call)
-        elif (
-            isinstance(value, torch.Tensor)
-            and not isinstance(value, nn.Parameter)
-            and value.requires_grad
-            and name not in self.__dict__.get("_buffers", {})
-        ):
-            # TorchOpt's rule: a tensor that requires grad, created here, is an inner parameter.
-            if not value.is_leaf:
-                raise TypeError(
-                    f"{call}: this tensor requires grad but depends on other tensors (it is "
-                    "not a leaf), so it cannot be an inner parameter. Use "
-                    "nn.Parameter(value.detach().clone()) to start from its value."
-                )
-            value = nn.Parameter(value)
-        super().__setattr__(name, value)
+        attributes.set_attribute(self, name, value, super().__setattr__)
 
     def __delattr__(self, name: str) -> None:
-        meta = self.__dict__.get("_meta")
-        if meta is not None and (name in meta._parameters or name in meta._modules):
-            meta._parameters.pop(name, None)
-            meta._modules.pop(name, None)
-            return
-        super().__delattr__(name)
-
-    def _forget(self, name: str) -> None:
-        """Remove ``name`` from every registry, before it is registered again."""
-        for registry in ("_parameters", "_buffers", "_modules"):
-            self.__dict__.get(registry, {}).pop(name, None)
-        self.__dict__.pop(name, None)
-        meta = self.__dict__.get("_meta")
-        if meta is not None:
-            meta._parameters.pop(name, None)
-            meta._modules.pop(name, None)
-
-    def _check_name(self, name: str, call: str) -> None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"{call}: a name must be a non-empty string without '.'.")
-        if "_meta" not in self.__dict__:
-            raise TypeError(f"{call}: call super().__init__() first.")
-
-    def _refuse_meta_inside(self, module: nn.Module, call: str) -> None:
-        """An inner submodule must not contain meta-modules or meta-parameters: its
-        parameters would be listed (and fitted) as inner parameters."""
-        inputs: state.MetaInputs | None = self.__dict__.get("_fi_inputs")
-        meta = self.__dict__.get("_meta")
-        known = {id(t) for t in meta.parameters()} if meta is not None else set()
-        if inputs is not None:
-            known |= set(inputs.tensors) | set(inputs.modules)
-        if not known:
-            return
-        if inputs is not None and any(id(m) in inputs.modules for m in module.modules()):
-            found = "a meta-module"
-        elif any(id(p) in known for p in module.parameters()):
-            found = "a meta-parameter"
-        else:
-            return
-        raise TypeError(
-            f"{call}: this new module contains {found} passed to the constructor, so its "
-            "parameters would be fitted as inner parameters. Assign each meta-module to its "
-            "own attribute, or copy it (copy.deepcopy) to start the inner parameters from it."
-        )
+        if not attributes.delete_meta(self, name):
+            super().__delattr__(name)

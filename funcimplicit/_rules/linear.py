@@ -28,7 +28,7 @@ from .._core.compat import never_compiled
 from .._core.result import LinearSolveResult, report
 from .._core.tree import TensorTree, TreeT
 from .._linear.adapter import as_linear_solver
-from .._linear.base import LinearSolveArg, LinearSolverBase, default_rtol, rounding_slack
+from .._linear.base import LinearSolveArg, LinearSolverBase, rounding_slack
 from .packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
 
 __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
@@ -88,7 +88,7 @@ def _run(
     if not solver.least_squares or solver.ridge:
         return result
     dtype = _tree.flatten(rhs)[0][0].dtype
-    rtol = default_rtol(dtype) if solver.rtol is None else solver.rtol
+    rtol = solver._default_rtol(dtype) if solver.rtol is None else solver.rtol
     tolerance = torch.clamp(rtol * _tree.norm(rhs), min=solver.atol)
     residual = _tree.norm(_tree.sub(rhs, operator(result.solution)))
     converged = result.converged & (residual <= tolerance + rounding_slack(rhs))
@@ -270,7 +270,8 @@ def linear_solve(
 
     Args:
         matvec: ``matvec(v, *args) -> A v``, linear in ``v``; ``v`` and the output are
-            pytrees shaped like ``b`` (for ``NormalCG``, ``v`` is shaped like ``init``).
+            pytrees shaped like ``b`` (for a least-squares solver such as ``Normal``, ``v`` is
+            shaped like ``init``).
         b: the right-hand side, a pytree of real floating tensors (0-d allowed).
         *args: pytrees passed to ``matvec``; tensor leaves are differentiable, other leaves
             pass through untouched.
@@ -280,7 +281,7 @@ def linear_solve(
         init: an initial guess (warm start), not differentiated.
 
     Returns:
-        ``x`` with the structure of ``b`` (of ``init`` for ``NormalCG``).
+        ``x`` with the structure of ``b`` (of ``init`` for a least-squares solver).
 
     Examples:
         >>> import torch, funcimplicit as fi
