@@ -3,7 +3,7 @@
 After the user's ``solve(*data)`` has run any inner loop, the module's inner parameters are
 replaced by tensors carrying implicit derivatives (``attach``, the rule behind
 ``implicit_root``) with respect to the meta-parameters and the data. The optimality condition
-is evaluated on a structural snapshot with ``torch.func.functional_call`` (see ``state.py``).
+is evaluated on a structural snapshot with ``torch.func.functional_call`` (see ``functional.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from torch import nn
 from .._linear.adapter import as_linear_solver
 from .._linear.base import LinearSolveArg, LinearSolverBase
 from . import attributes, solve_step, state
+from . import functional as _functional
 from .contract import ImplicitModuleType, defines, placeholder
-from .state import Functional as Functional
+from .functional import Functional as Functional
 
 __all__ = ["Functional", "ImplicitMetaGradientModule"]
 
@@ -329,7 +330,7 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=ImplicitModuleType):
 
     # ---------------------------------------------------------------- functional bridge
 
-    def functional(self) -> state.Functional:
+    def functional(self) -> Functional:
         """The module as pure functions of parameter dicts, for ``torch.func`` transforms.
 
         Returns a :class:`Functional` ``(objective, inner, meta, optimality, forward)``:
@@ -363,7 +364,9 @@ class ImplicitMetaGradientModule(nn.Module, metaclass=ImplicitModuleType):
             tensor([-0.5000, -1.0000, -1.5000], dtype=torch.float64)
         """
         cls = type(self)
-        return state.functional(self, defines(cls, "objective"), not defines(cls, "optimality"))
+        return _functional.functional(
+            self, defines(cls, "objective"), not defines(cls, "optimality")
+        )
 
     # ------------------------------------------------------------ the solve step, attributes
 

@@ -4,7 +4,7 @@ The user's ``solve(*data)`` runs with the meta-parameters detached. Its fitted i
 are then replaced, in every slot that holds them (tied ones included), by tensors carrying
 implicit derivatives (``attach``, the rule behind ``implicit_root``) with respect to the
 meta-parameters and the data; the optimality condition is evaluated on a structural snapshot
-(see ``state.py``). Before the next solve the fitted leaves are put back, so a warm start and
+(see ``functional.py``). Before the next solve the fitted leaves are put back, so a warm start and
 the user's optimizers keep working on the same ``nn.Parameter`` objects.
 """
 
@@ -21,6 +21,7 @@ from .._core.checks import floating_leaves
 from .._linear.auto import Auto
 from .._linear.base import LinearSolverBase
 from .._rules.root import attach
+from . import functional as _functional
 from . import state
 
 __all__ = ["implicit_solve", "install", "restore_leaves", "solve_implicitly"]
@@ -76,13 +77,13 @@ def solve_implicitly(
         raise ValueError(f"{label}: the module has no meta-parameters to differentiate.")
     module.__dict__["_fi_solving"] = True
     try:
-        output = state.call_with_detached_meta(
+        output = _functional.call_with_detached_meta(
             module, meta, raw, state.detached(data), state.detached(kwargs)
         )
     finally:
         del module.__dict__["_fi_solving"]
 
-    snapshot = state.Snapshot(module)
+    snapshot = _functional.Snapshot(module)
     leaves = dict(snapshot.named_inner())
     if not leaves:
         raise ValueError(
@@ -91,7 +92,9 @@ def solve_implicitly(
     solution = {name: p.detach().clone() for name, p in leaves.items()}
     floating_leaves(solution, label, "the inner parameters")
     named_meta = dict(snapshot.named_meta())
-    rule: Any = state.DerivedOptimality(snapshot) if derived else state.UserOptimality(snapshot)
+    rule: Any = (
+        _functional.DerivedOptimality(snapshot) if derived else _functional.UserOptimality(snapshot)
+    )
     if solver is None:
         solver = Auto(symmetric=derived)
     args = (named_meta, snapshot.buffers(), data, kwargs)
