@@ -1,6 +1,6 @@
 """Compaction of a ``vmap`` batch to its active elements (``funcimplicit._core.loop``).
 
-Once at most half of a batch is active, the inner-method driver runs the rest of its loop on
+Once at most 3/4 of a batch is active, the inner-method driver runs the rest of its loop on
 the active rows only, under a fresh ``vmap``. Compaction must change nothing but the time:
 every test compares each field of the result with ``torch.equal`` against the same solve with
 compaction switched off (``loop.COMPACT = False``), the per-element iteration counts and

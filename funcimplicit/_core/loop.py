@@ -7,7 +7,7 @@ at the physical tensor beneath any ``torch.func`` wrappers (``compat.physical``,
 and answers ``"unknown"`` whenever it cannot look, which falls back to the full trip count.
 
 Under one or more ``vmap`` levels (and no other transform), a loop whose batch is at most
-half active runs the rest of its iterations on the active elements only ("compaction",
+3/4 active runs the rest of its iterations on the active elements only ("compaction",
 :func:`compacted`): a converged element then costs nothing instead of a frozen iteration.
 Set :data:`COMPACT` to ``False`` to switch it off (the results are the same either way).
 """
@@ -29,8 +29,9 @@ __all__ = ["COMPACT", "Compactable", "iterate", "progress", "safe_div", "safe_sq
 #: Whether :func:`iterate` may compact a ``vmap`` batch to its active elements (a switch for
 #: comparisons and for debugging: results and per-element counts are the same either way).
 COMPACT = True
-#: Compact once at most this fraction of the batch is still active.
-COMPACT_FRACTION = 0.5
+#: Compact once at most this fraction of the batch is still active (and again, within the
+#: compacted batch, each time this fraction is reached there; measured: 0.75 beat 0.5).
+COMPACT_FRACTION = 0.75
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
