@@ -11,6 +11,7 @@ matrix-vector product round differently, with or without compaction.)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -325,3 +326,69 @@ def test_state_that_is_not_all_tensors_falls_back(monkeypatch: pytest.MonkeyPatc
     compacted, plain, attempts = _on_and_off(lambda: vmap(solve)(rates), monkeypatch)
     assert not any(attempts)
     _assert_identical(compacted, plain)
+
+
+def test_a_problem_copied_with_replace_is_never_compacted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A method of one's own that runs a modified copy of its problem: ``bind`` would rebuild
+    the unmodified one, so a copy carries no ``bind`` and the loop is not compacted."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Halved(fi.FixedPointIteration):
+        def run(self, problem: fi.InnerProblem, init: Any) -> fi.Solution[Any]:
+            half = dataclasses.replace(problem, fixed_point=lambda x: 0.5 * problem.fixed_point(x))
+            return super().run(half, init)
+
+    js, cs = _affine(8, 4)
+
+    def solve(j: torch.Tensor, c: torch.Tensor) -> fi.Solution[torch.Tensor]:
+        return fi.solve_fixed_point(
+            lambda x, j, c: j @ x + c,
+            torch.zeros(4, dtype=F64),
+            j,
+            c,
+            method=Halved(maxiter=1000),
+            implicit=False,
+        )
+
+    compacted, plain, attempts = _on_and_off(lambda: vmap(solve)(js, cs), monkeypatch)
+    assert not any(attempts)
+    _assert_identical(compacted, plain)
+    eye = torch.eye(4, dtype=F64)
+    reference = torch.linalg.solve(eye - 0.5 * js, 0.5 * cs)
+    torch.testing.assert_close(compacted.value, reference, rtol=1e-8, atol=1e-9)
+
+
+def test_unrolled_through_a_captured_tensor_requiring_grad(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``implicit=False`` with ``F`` closing over a plain tensor that requires grad: the
+    compacted run would carry a graph, so it is discarded; the gradient is the plain one."""
+    js, cs = _affine(8, 4)
+    grads = []
+    attempts: list[bool] = []
+    for compact in (True, False):
+        _loop.COMPACT = compact
+        scale = torch.tensor(1.0, dtype=F64, requires_grad=True)
+        seen = _record(monkeypatch)
+        sol = vmap(
+            lambda j, c, scale=scale: fi.solve_fixed_point(
+                lambda x, j, c: scale * (j @ x) + c,
+                torch.zeros(4, dtype=F64),
+                j,
+                c,
+                method=fi.FixedPointIteration(maxiter=1000),
+                implicit=False,
+            )
+        )(js, cs)
+        attempts += seen
+        monkeypatch.undo()
+        sol.value.sum().backward()  # type: ignore[no-untyped-call]
+        grads.append(scale.grad)
+    _loop.COMPACT = True
+    assert attempts
+    assert not any(attempts)
+    assert grads[0] is not None
+    assert grads[1] is not None
+    assert torch.equal(grads[0], grads[1])

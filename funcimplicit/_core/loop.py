@@ -214,9 +214,9 @@ def compacted(
 
     Refused (``None``): any transform other than ``vmap`` on the stack, ``torch.compile``, a
     state leaf that is not a tensor, a tensor batched at another level or under nested
-    wrappers, a tensor requiring grad with grad mode on, a step whose results come out
-    batched outside the fresh ``vmap`` (the step captures a batched tensor in a closure: its
-    compacted run is discarded), or any error inside the compacted run.
+    wrappers, a tensor requiring grad with grad mode on (in or out), a step whose results
+    come out batched outside the fresh ``vmap`` (the step captures a batched tensor in a
+    closure: its compacted run is discarded), or any error inside the compacted run.
     """
     level = compat.vmap_level()
     plain_done = None if level is None else compat.unbatch(done, level)
@@ -285,6 +285,8 @@ def compacted(
         outputs = [*new_leaves, count, flags]
         if any(compat.is_transformed(t) for t in outputs):
             return None  # batched outside the fresh vmap: a closure over a batched tensor
+        if torch.is_grad_enabled() and any(t.requires_grad for t in outputs):
+            return None  # a graph through a captured tensor: leave autograd the plain loop
 
         # Scatter the active rows into new full tensors (the done rows keep their values).
         def scatter(old: torch.Tensor, rows: torch.Tensor | None, new: torch.Tensor) -> Any:

@@ -4,7 +4,7 @@ problem view each method works on (fixed-point map, root function or objective).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -32,9 +32,11 @@ class InnerProblem:
     the arguments these functions are bound to, for a method whose own callbacks take them
     too (a projection). A method of one's own (a subclass of :class:`InnerMethod`) receives it
     in :meth:`~InnerMethod.init`, :meth:`~InnerMethod.step` and the others. ``bind(args)``,
-    where set, is the same problem bound to other arguments (shaped like ``args``): the
-    driver rebinds it to the active elements' rows when it compacts a ``vmap`` batch
-    (``funcimplicit._core.loop.COMPACT``); ``None`` (a problem built by hand) never compacts.
+    where set (:meth:`rebindable`), is the same problem bound to other arguments (shaped like
+    ``args``): the driver rebinds it to the active elements' rows when it compacts a ``vmap``
+    batch (``funcimplicit._core.loop.COMPACT``). A problem built by hand, or a copy made with
+    ``dataclasses.replace`` (whose functions ``bind`` would not rebuild), has none and is
+    never compacted.
     """
 
     root: Callable[[Any], Any]
@@ -44,7 +46,14 @@ class InnerProblem:
     atol: float
     residual: Callable[[Any], Any] | None = None
     args: tuple[Any, ...] = ()
-    bind: Callable[[tuple[Any, ...]], InnerProblem] | None = None
+    bind: Callable[[tuple[Any, ...]], InnerProblem] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def rebindable(self, bind: Callable[[tuple[Any, ...]], InnerProblem]) -> InnerProblem:
+        """This problem, marked as ``bind(self.args)`` (set once, at construction)."""
+        object.__setattr__(self, "bind", bind)
+        return self
 
     def tolerance(self, x: TensorTree) -> torch.Tensor:
         """``max(atol, rtol * ||x||)``."""
@@ -66,14 +75,14 @@ class InnerProblem:
             return lambda v: _tree.ravel(fn(unravel(v)))[0]
 
         objective, bind = self.objective, self.bind
-        return replace(
+        view = replace(
             self,
-            bind=None if bind is None else (lambda args: bind(args).flat(unravel)),
             root=lambda v: _tree.ravel(self.root(unravel(v)))[0],
             fixed_point=lambda v: _tree.ravel(self.fixed_point(unravel(v)))[0],
             objective=None if objective is None else (lambda v: objective(unravel(v))),
             residual=flat_output(self.residual),
         )
+        return view if bind is None else view.rebindable(lambda args: bind(args).flat(unravel))
 
 
 def classify(

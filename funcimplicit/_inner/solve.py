@@ -156,8 +156,7 @@ def _run(
             atol=atol,
             residual=None if residual_fn is None else (lambda x: residual_fn(x, *args)),
             args=args,
-            bind=bound,
-        )
+        ).rebindable(bound)
 
     problem = bound(inner_args)
     if implicit:
