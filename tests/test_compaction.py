@@ -392,3 +392,30 @@ def test_unrolled_through_a_captured_tensor_requiring_grad(
     assert grads[0] is not None
     assert grads[1] is not None
     assert torch.equal(grads[0], grads[1])
+
+
+def test_random_function_under_vmap_randomness_different(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``F`` draws random numbers under ``vmap(randomness="different")``: the fresh ``vmap``
+    refuses them, and the loop goes on uncompacted with the same random stream."""
+    thetas = torch.linspace(0.05, 0.9, 6, dtype=F64)
+
+    def F(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return s * torch.cos(x) + 1e-14 * torch.rand_like(x)
+
+    def run() -> fi.Solution[torch.Tensor]:
+        torch.manual_seed(0)
+        return vmap(
+            lambda s: fi.solve_fixed_point(
+                F,
+                torch.ones(3, dtype=F64),
+                s,
+                method=fi.FixedPointIteration(maxiter=500),
+                implicit=False,
+            ),
+            randomness="different",
+        )(thetas)
+
+    compacted, plain, attempts = _on_and_off(run, monkeypatch)
+    assert attempts
+    assert not any(attempts)
+    _assert_identical(compacted, plain)
