@@ -20,9 +20,11 @@ for Newton it includes the JVPs of its inner GMRES; "status" is ``ok`` when conv
     The plain iteration is capped at ``maxiter`` (it needs ``log(rtol) / log(rho)``).
     "rel. error" is against a dense float64 solve. (--quick: float64 only, rho <= 0.99.)
 (d) ``vmap`` over 32 affine problems (n = 100; 50 with --quick) whose radii run from 0.1 to
-    0.99: time of the vmapped batch against the slowest problem alone (the batch runs the
-    slowest element's number of iterations, but every iteration computes all 32 elements,
-    frozen ones included) and against a Python loop over the 32 problems.
+    0.99: time of the vmapped batch against the slowest problem alone and against a Python
+    loop over the 32 problems; by default the batch is compacted to its active elements once
+    at most 3/4 of it is active (``funcimplicit._core.loop.COMPACT``), and the "uncompacted"
+    columns time the same batch without (every iteration then computes all 32 elements,
+    frozen ones included). ``same`` says whether both give identical results (torch.equal).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from _report import Section, progress, table
 from _timing import Timing, measure
 
 import funcimplicit as fi
+from funcimplicit._core import loop as _loop
 
 __all__ = ["section_inner"]
 
@@ -307,7 +310,19 @@ def section_vmap_cost(s: Settings, device: str, batch: int = 32) -> str:
                 fi.solve_fixed_point(affine, x0, J_all[i], c_all[i], method=m) for i in range(batch)
             ]
 
+        def uncompacted(m: fi.InnerMethod = method) -> fi.Solution[Any]:
+            _loop.COMPACT = False
+            try:
+                return batched(m)
+            finally:
+                _loop.COMPACT = True
+
         sol_b = batched()
+        sol_u = uncompacted()
+        same = all(
+            torch.equal(getattr(sol_b, f), getattr(sol_u, f))
+            for f in ("value", "iterations", "residual_norm", "status")
+        )
         sols = loop()
         # the most iterations; ties (Newton: 1 each) go to the largest radius, the hardest solve
         worst = max(range(batch), key=lambda i: (int(sols[i].iterations), i))
@@ -316,7 +331,7 @@ def section_vmap_cost(s: Settings, device: str, batch: int = 32) -> str:
             return fi.solve_fixed_point(affine, x0, J_all[i], c_all[i], method=m)
 
         sol_s = slowest()
-        t_b, t_s, t_l = time_together([batched, slowest, loop], s)
+        t_b, t_u, t_s, t_l = time_together([batched, uncompacted, slowest, loop], s)
         rows.append(
             [
                 name,
@@ -324,9 +339,12 @@ def section_vmap_cost(s: Settings, device: str, batch: int = 32) -> str:
                 f"{sum(int(x.iterations) for x in sols)}",
                 status_of(sol_b),
                 t_b.show("ms"),
+                t_u.show("ms"),
                 t_s.show("ms"),
                 t_l.show("ms"),
                 f"{t_b.median / t_s.median:.2f}",
+                f"{t_u.median / t_s.median:.2f}",
+                "yes" if same else "NO",
                 f"{t_l.median / t_b.median:.2f}",
             ]
         )
@@ -336,9 +354,12 @@ def section_vmap_cost(s: Settings, device: str, batch: int = 32) -> str:
             "its: batch max / slowest / loop total",
             "status",
             "vmap ms",
+            "uncompacted vmap ms",
             "slowest alone ms",
             "loop ms",
             "vmap / slowest",
+            "uncompacted / slowest",
+            "same",
             "loop / vmap",
         ],
         rows,
@@ -372,8 +393,9 @@ def section_inner(quick: bool, device: str, to: Any | None) -> Section:
     progress("inner solvers: affine")
     sec.markdown += [
         f"**(d) vmap over 32 affine problems (n = {s.vmap_n}, radii 0.1 ... 0.99), float64**: "
-        "the batch runs its slowest element's iterations, every iteration computing all 32 "
-        "elements; against that slowest problem alone and against a Python loop.",
+        "the batch runs its slowest element's iterations, compacted to its active elements "
+        "as they finish (uncompacted: every iteration computing all 32 elements); against "
+        "that slowest problem alone and against a Python loop.",
         section_vmap_cost(s, device),
     ]
     progress("inner solvers: vmap")

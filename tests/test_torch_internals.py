@@ -150,3 +150,67 @@ def test_never_compiled_marks_the_rule_for_dynamo() -> None:
     wrapped = compat.never_compiled(rule)
     torch.testing.assert_close(wrapped(torch.zeros(2)), torch.ones(2))
     assert getattr(wrapped, "_torchdynamo_disable", False), "torch.compiler.disable changed"
+
+
+def test_unbatch_and_rebatch_one_vmap_level() -> None:
+    """The compaction of a vmap batch (``loop.compacted``) takes a level's batched tensors
+    apart and rebuilds them: it stops compacting where these answer "unknown"."""
+    x = torch.arange(6.0, dtype=f64).reshape(2, 3)  # batched along dim 1: 3 elements
+    seen: dict[str, Any] = {}
+
+    def inner(v: torch.Tensor) -> torch.Tensor:
+        level = compat.vmap_level()
+        assert level is not None
+        rows = compat.unbatch(v, level)
+        assert rows is not None
+        assert compat.batched_at(v, level)
+        assert not compat.batched_at(rows, level)
+        assert compat.unbatch(v, level + 1) is None  # another level: refused
+        seen["rows"] = rows
+        return compat.rebatch(rows * 2, level)
+
+    out = vmap(inner, in_dims=1)(x)
+    torch.testing.assert_close(seen["rows"], x.T)  # the batch dimension first
+    torch.testing.assert_close(out, 2 * x.T)
+
+    def nested(v: torch.Tensor) -> torch.Tensor:
+        level = compat.vmap_level()
+        assert level is not None
+        seen["nested"] = compat.unbatch(v, level)  # wraps a tensor batched at the outer level
+        return v
+
+    vmap(vmap(nested))(torch.zeros(2, 3, dtype=f64))
+    assert seen["nested"] is None
+
+    def under_grad(v: torch.Tensor) -> torch.Tensor:
+        seen["grad"] = compat.vmap_level()
+        return (v * v).sum()
+
+    vmap(grad(under_grad))(x)
+    assert seen["grad"] is None  # grad on the stack: no compaction
+    assert compat.vmap_level() is None
+
+
+def test_an_uneven_vmap_batch_is_compacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from funcimplicit._core import loop
+
+    ran: list[bool] = []
+    original = loop.compacted
+
+    def recorded(*args: Any) -> Any:
+        out = original(*args)
+        ran.append(out is not None)
+        return out
+
+    monkeypatch.setattr(loop, "compacted", recorded)
+    thetas = torch.linspace(0.05, 0.9, 6, dtype=f64)
+    vmap(
+        lambda s: fi.solve_fixed_point(
+            lambda x, s: s * torch.cos(x),
+            torch.ones((), dtype=f64),
+            s,
+            method=fi.FixedPointIteration(maxiter=500),
+        )
+    )(thetas)
+    assert ran
+    assert all(ran)

@@ -1,9 +1,11 @@
 """Every use of a private torch API, in one place, each guarded (``tests/test_torch_internals.py``).
 
-The library reads four things torch does not promise to keep:
+The library reads five things torch does not promise to keep:
 
 - the plain tensor beneath ``torch.func`` wrappers (:func:`physical`), so that a loop under
   ``vmap`` can stop once every batch element is done, and warnings can read a result;
+- one ``vmap`` level's batched tensors taken apart and rebuilt (:func:`vmap_level`,
+  :func:`unbatch`, :func:`rebatch`), so that a loop can run on its active elements only;
 - the stack of active ``torch.func`` transforms (:func:`transform_levels`), so that a rule
   knows whether a second derivative can flow and whether a buffer may be updated in place;
 - the forward-AD dual level (:func:`forward_ad_level`);
@@ -28,13 +30,17 @@ __all__ = [
     "TESTED_SINCE",
     "TORCH_VERSION",
     "active_transforms",
+    "batched_at",
     "forward_ad_level",
     "is_compiling",
     "is_transformed",
     "never_compiled",
     "physical",
+    "rebatch",
     "register_dataclass",
     "transform_levels",
+    "unbatch",
+    "vmap_level",
     "without_saved_tensor_hooks",
 ]
 
@@ -77,6 +83,58 @@ def physical(tensor: torch.Tensor) -> torch.Tensor | None:
         return tensor
     except Exception:  # private API changed: treat as unknown, loops run their full count
         return None
+
+
+def vmap_level() -> int | None:
+    """The level of the innermost transform when every active transform is a ``vmap``.
+
+    ``None`` when there is none, when any other transform (``grad``, ``jvp``,
+    functionalization) is active, under ``torch.compile``, or where the API cannot be read:
+    the only stack under which :func:`unbatch` and :func:`rebatch` are used.
+    """
+    if is_compiling():
+        return None
+    levels = transform_levels()
+    if not levels or any(kind != "Vmap" for kind, _ in levels):
+        return None
+    return levels[-1][1]
+
+
+def unbatch(tensor: torch.Tensor, level: int) -> torch.Tensor | None:
+    """The physical tensor of ``tensor``, batch dimension first, when ``tensor`` is batched at
+    ``level`` directly over a plain tensor; ``None`` for any other structure (not batched,
+    batched at another level, wrappers nested) or where the private API cannot be read."""
+    if not batched_at(tensor, level):
+        return None
+    try:
+        functorch = torch._C._functorch
+        plain = functorch.get_unwrapped(tensor)
+        return plain.movedim(functorch.maybe_get_bdim(tensor), 0)
+    except Exception:  # the private API moved: unknown
+        return None
+
+
+def batched_at(tensor: torch.Tensor, level: int) -> bool:
+    """Whether ``tensor`` is batched at ``level`` directly over a plain tensor (what
+    :func:`unbatch` takes apart); ``False`` where unknown."""
+    try:
+        functorch = torch._C._functorch
+        if not functorch.is_batchedtensor(tensor) or functorch.maybe_get_level(tensor) != level:
+            return False
+        plain = functorch.get_unwrapped(tensor)
+        return not (
+            functorch.is_functorch_wrapped_tensor(plain)
+            or functorch.is_legacy_batchedtensor(plain)
+            or plain.device.type == "meta"
+        )
+    except Exception:  # the private API moved: unknown
+        return False
+
+
+def rebatch(tensor: torch.Tensor, level: int) -> torch.Tensor:
+    """The plain ``tensor`` seen as batched at ``level`` along its first dimension (the
+    inverse of :func:`unbatch`). Only called where :func:`unbatch` succeeded on this level."""
+    return torch._C._functorch._add_batch_dim(tensor, 0, level)
 
 
 def is_transformed(tensor: torch.Tensor) -> bool:

@@ -3,15 +3,14 @@ problem view each method works on (fixed-point map, root function or objective).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from .._core import tree as _tree
-from .._core.loop import iterate
+from .._core.loop import Compactable, Step, iterate
 from .._core.result import ON_FAILURE_CHOICES, OnFailure, Solution, Status
 from .._core.tree import TensorTree, TreeT
 from .._linear.base import default_rtol
@@ -32,7 +31,12 @@ class InnerProblem:
     is set for least squares (``objective`` is then ``0.5 ||residual(x)||^2``). ``args`` are
     the arguments these functions are bound to, for a method whose own callbacks take them
     too (a projection). A method of one's own (a subclass of :class:`InnerMethod`) receives it
-    in :meth:`~InnerMethod.init`, :meth:`~InnerMethod.step` and the others.
+    in :meth:`~InnerMethod.init`, :meth:`~InnerMethod.step` and the others. ``bind(args)``,
+    where set (:meth:`rebindable`), is the same problem bound to other arguments (shaped like
+    ``args``): the driver rebinds it to the active elements' rows when it compacts a ``vmap``
+    batch (``funcimplicit._core.loop.COMPACT``). A problem built by hand, or a copy made with
+    ``dataclasses.replace`` (whose functions ``bind`` would not rebuild), has none and is
+    never compacted.
     """
 
     root: Callable[[Any], Any]
@@ -42,6 +46,14 @@ class InnerProblem:
     atol: float
     residual: Callable[[Any], Any] | None = None
     args: tuple[Any, ...] = ()
+    bind: Callable[[tuple[Any, ...]], InnerProblem] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def rebindable(self, bind: Callable[[tuple[Any, ...]], InnerProblem]) -> InnerProblem:
+        """This problem, marked as ``bind(self.args)`` (set once, at construction)."""
+        object.__setattr__(self, "bind", bind)
+        return self
 
     def tolerance(self, x: TensorTree) -> torch.Tensor:
         """``max(atol, rtol * ||x||)``."""
@@ -62,14 +74,15 @@ class InnerProblem:
                 return None
             return lambda v: _tree.ravel(fn(unravel(v)))[0]
 
-        objective = self.objective
-        return replace(
+        objective, bind = self.objective, self.bind
+        view = replace(
             self,
             root=lambda v: _tree.ravel(self.root(unravel(v)))[0],
             fixed_point=lambda v: _tree.ravel(self.fixed_point(unravel(v)))[0],
             objective=None if objective is None else (lambda v: objective(unravel(v))),
             residual=flat_output(self.residual),
         )
+        return view if bind is None else view.rebindable(lambda args: bind(args).flat(unravel))
 
 
 def classify(
@@ -217,14 +230,30 @@ class InnerMethod:
             view = problem.flat(unravel)
         state = self.init(view, start)
         done = self.terminate(view, start, state)
-        counter = itertools.count()
+        counter = [0]  # the iteration number, shared by every part of a batch
 
-        def advance(carry: tuple[Any, State]) -> tuple[tuple[Any, State], torch.Tensor]:
-            x, state = self.step(view, *carry, next(counter))
-            return (x, state), self.terminate(view, x, state)
+        def advance_on(on: InnerProblem) -> Step:
+            def advance(carry: tuple[Any, State]) -> tuple[tuple[Any, State], torch.Tensor]:
+                iteration = counter[0]
+                counter[0] += 1
+                x, state = self.step(on, *carry, iteration)
+                return (x, state), self.terminate(on, x, state)
 
+            return advance
+
+        def resume(k: int) -> None:
+            counter[0] = k
+
+        # Under vmap the loop may go on with the active elements only, on the problem bound
+        # to their rows of the arguments (view.bind); a problem without bind never does.
+        bind = view.bind
+        compactable = (
+            None
+            if bind is None
+            else Compactable(view.args, lambda args: advance_on(bind(args)), resume)
+        )
         (x, state), iterations, done = iterate(
-            advance, (start, state), done, self.maxiter, self.check_every
+            advance_on(view), (start, state), done, self.maxiter, self.check_every, compactable
         )
         residual_norm = self.residual_norm(view, x, state)
         value: TreeT = x if unravel is None else unravel(x)

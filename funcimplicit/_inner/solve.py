@@ -146,15 +146,19 @@ def _run(
         if constrained is not None:
             rule = constrained
 
-    problem = InnerProblem(
-        root=lambda x: root_fn(x, *inner_args),
-        fixed_point=lambda x: fixed_point_fn(x, *inner_args),
-        objective=None if objective is None else (lambda x: objective(x, *inner_args)),
-        rtol=rtol,
-        atol=atol,
-        residual=None if residual_fn is None else (lambda x: residual_fn(x, *inner_args)),
-        args=inner_args,
-    )
+    def bound(args: tuple[Any, ...]) -> InnerProblem:
+        # The problem's functions bound to args; bind rebinds them (to a vmap batch's rows).
+        return InnerProblem(
+            root=lambda x: root_fn(x, *args),
+            fixed_point=lambda x: fixed_point_fn(x, *args),
+            objective=None if objective is None else (lambda x: objective(x, *args)),
+            rtol=rtol,
+            atol=atol,
+            residual=None if residual_fn is None else (lambda x: residual_fn(x, *args)),
+            args=args,
+        ).rebindable(bound)
+
+    problem = bound(inner_args)
     if implicit:
         # The iterations are never differentiated: nothing they read (module parameters or
         # closures that require grad) may record a graph, which would hold memory growing with
