@@ -82,7 +82,7 @@ class CG(IterativeSolver):
         done = torch.logical_not(rr > tol2)
         # The last slot is p^T A p of the last step; it starts at 0 ("indefinite") only for an
         # element done at the start (converged, or NaN: reported as such).
-        state = (x, r, z, rz, rr, torch.logical_not(done).to(rz.dtype))
+        state: tuple[Any, ...] = (x, r, z, rz, rr, torch.logical_not(done).to(rz.dtype))
         maxiter = self._maxiter(b)
         if (
             isinstance(b, torch.Tensor)
@@ -114,15 +114,18 @@ def _plain_loop(
     one: torch.Tensor,
     maxiter: int,
 ) -> tuple[tuple[torch.Tensor, ...], int, torch.Tensor | None]:
-    """CG on one plain tensor (no ``vmap``, no compile, no preconditioner), flags read each step.
+    """CG on one plain tensor (no ``vmap``, no compile, no preconditioner), its flag read each step.
 
     The step of ``CG.compute`` with the same operations in the same order (bit-identical),
     without pytree dispatch or freezing: one problem stops when its own flag says so (one host
     read per step), so the division guards, identities on every step that goes on, are left
     out: an executed step has ``||r||^2 > tol^2 >= 0``, and a last step with
-    ``p^T A p <= 0`` is redone guarded. Returns ``(state, steps, None)``; if the first product comes back
-    batched (a matvec closing over a ``vmap``-ed ``A``), ``(state, 1, finished)`` after that
-    step, for the per-element loop to go on from.
+    ``p^T A p <= 0`` is redone guarded.
+
+    Returns:
+        ``(state, steps, None)``; or, if the first product comes back batched (a matvec
+        closing over a ``vmap``-ed ``A``), ``(state, 1, finished)`` after that step, for the
+        per-element loop to go on from.
     """
     x, r, p, rr, _, p_ap = state
     if not bool(rr > tol2):
