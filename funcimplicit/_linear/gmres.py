@@ -281,6 +281,7 @@ class GMRES(IterativeSolver):
         basis = torch.zeros(m + 1, n, dtype=dtype, device=device)
         torch.mul(r.reshape(-1), 1.0 / beta_f if beta_f != 0 else 1.0, out=basis[0])
         basis_t = basis.mT
+        rows = basis.unbind(0)  # views of the basis rows (no indexing op per step)
         # Givens rotations so far, (c_i, s_i); R's columns; g = Q^T (beta e_0)
         rotations: list[tuple[float, float]] = []
         upper: list[list[float]] = []
@@ -291,21 +292,20 @@ class GMRES(IterativeSolver):
         w = first if flat else first.reshape(-1)
         for j in range(m):
             if j > 0:
-                v_j = basis[j] if flat else basis[j].view(r.shape)
+                v_j = rows[j] if flat else rows[j].view(r.shape)
                 w = self._product(operator, v_j)
                 w = w if flat else w.reshape(-1)
             # Arnoldi: w orthogonalized twice (classical Gram-Schmidt as products with the
             # whole basis; rows beyond j are zero and add exact zeros):
             # h = V w + V (w - V^T V w), w <- w - V^T h.
-            h1 = basis @ w
+            h1 = torch.mv(basis, w)
             h_t = torch.addmv(h1, basis, torch.addmv(w, basis_t, h1, alpha=-1))
             w = torch.addmv(w, basis_t, h_t, alpha=-1)
             w_norm = torch.linalg.vector_norm(w)
-            # the step's one host read (through the loop's reader, like every loop's reads)
-            read = _loop.physical(torch.cat((h_t, w_norm.reshape(1))))
+            # the step's host read (through the loop's reader, like every loop's reads)
+            read = _loop.physical(h_t)
             assert read is not None  # a plain tensor, outside compile
-            column = read.tolist()
-            h, w_norm_f = column[: j + 1], column[m + 1]
+            h, w_norm_f = read.tolist()[: j + 1], float(w_norm)
             # ||A M v_j|| = ||(h, w_norm)|| (orthonormal basis), only a scale for thresholds
             av_norm_f = math.sqrt(sum(v * v for v in h) + w_norm_f * w_norm_f)
             scales.append(av_norm_f)
@@ -314,7 +314,7 @@ class GMRES(IterativeSolver):
             if broke:
                 w_norm_f = 0.0
             elif w_norm_f != 0:  # (not broke, so 0 only for a NaN)
-                torch.mul(w, 1.0 / w_norm_f, out=basis[j + 1])
+                torch.mul(w, 1.0 / w_norm_f, out=rows[j + 1])
             h.append(w_norm_f)
             # Q^T h: the earlier rotations, each on rows (i, i+1) as [[c, s], [-s, c]]
             for i, (c, s) in enumerate(rotations):
