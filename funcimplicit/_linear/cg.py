@@ -7,9 +7,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._core import loop as _loop
 from .._core import tree as _tree
 from .._core.compat import physical
-from .._core.loop import NONE_DONE, iterate, progress
+from .._core.loop import iterate
 from .._core.result import LinearSolveResult, Status
 from .base import (
     IterativeSolver,
@@ -130,6 +131,7 @@ def _plain_loop(
     x, r, p, rr, _, p_ap = state
     if not bool(rr > tol2):
         return state, 0, None
+    tol2_f = float(tol2)  # exact: the comparisons below match the tensor ones bit for bit
     count = 0
     while count < maxiter:
         ap = operator(p)
@@ -139,12 +141,16 @@ def _plain_loop(
         x_next = torch.addcmul(x, alpha, p)
         r_next = torch.addcmul(r, alpha, ap, value=-1)
         rr_next = torch.sum(r_next * r_next)
-        going = (rr_next > tol2) & (p_ap > zero)
-        if count == 0 and physical(going) is not going:
+        flags = torch.stack((rr_next, p_ap))
+        if count == 0 and physical(flags) is not flags:
             return _plain_handover(x, r, p, rr, ap, p_ap, tol2, zero, one)
         count += 1
-        if progress(going) == NONE_DONE:  # the one host read of the step
-            if not bool(p_ap > zero):  # not positive definite along p (or NaN): guarded
+        # the one host read of the step (through the loop's reader, like every loop's reads)
+        read = _loop.physical(flags)
+        assert read is not None  # a plain tensor, outside compile
+        rr_f, p_ap_f = read.tolist()
+        if not (rr_f > tol2_f and p_ap_f > 0):  # (NaN compares false: stops)
+            if not p_ap_f > 0:  # not positive definite along p (or NaN): guarded
                 alpha = rr / torch.where(p_ap == zero, one, p_ap)
                 x_next = torch.addcmul(x, alpha, p)
                 r_next = torch.addcmul(r, alpha, ap, value=-1)
