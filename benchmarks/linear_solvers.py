@@ -15,6 +15,8 @@ comparison is a ratio of medians measured in the same run:
 * the matvec floor is ``iterations x`` the median time of one bare ``A @ v``: an iterative
   solver cannot beat it, and ``time / floor`` is what the solver adds on top of the matvecs;
 * ``torch.linalg.solve`` (LU) is the dense reference;
+* for CG, TorchOpt's ``torchopt.linalg.cg`` (the CG behind ``torchopt.linear_solve.solve_cg``,
+  same stopping rule ``||r|| <= rtol ||b||``) on the same problem, in the same series;
 * ``vmap`` over a batch of right-hand sides sharing ``A`` against a Python loop over them;
 * ``fi.linear_solve`` (the differentiable wrapper) against calling the solver directly, as
   the per-repeat difference of interleaved calls, in microseconds.
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from _report import Plot, Result, Section, progress, table
+from _report import NOT_INSTALLED, Plot, Result, Section, progress, table
 from _timing import Timing, others_load, samples_interleaved, synchronize, wait_for_quiet
 
 import funcimplicit as fi
@@ -116,6 +118,8 @@ class Row:
     matvec: Timing = EMPTY
     solve: Timing = EMPTY
     dense: Timing = EMPTY
+    peer: Timing = EMPTY  # TorchOpt's CG (CG rows, TorchOpt installed)
+    peer_note: str = ""  # why there is no peer timing
     batch: int = 0
     batch_iters: tuple[int, int] = (0, 0)
     batch_converged: bool = False
@@ -130,7 +134,12 @@ class Row:
 
 
 def bench_case(
-    case: Case, a: torch.Tensor, b: torch.Tensor, big_b: torch.Tensor, s: Settings
+    case: Case,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    big_b: torch.Tensor,
+    s: Settings,
+    to: Any | None = None,
 ) -> Row:
     """All measurements of one solver on one matrix; each comparison is one interleaved series."""
     dtype = a.dtype
@@ -170,15 +179,29 @@ def bench_case(
         matvecs,
         lambda: torch.linalg.solve(a, b),
     ]
+    if case.operator != "spd":
+        row.peer_note = "-"
+    elif to is None:
+        row.peer_note = NOT_INSTALLED
+    else:
+        rtol = RTOL[dtype]
+        x_peer = to.linalg.cg(mv, b, rtol=rtol)
+        error = float((x_peer - solver(mv, b)).abs().max() / b.abs().max())
+        if not error < 100 * rtol:
+            raise RuntimeError(f"{tag}: TorchOpt's CG and fi.CG disagree ({error:.1e})")
+        fns.append(lambda: to.linalg.cg(mv, b, rtol=rtol))
     one = sum(_time_once(fn) for fn in fns)  # also the warm-up
     repeats = _clamp(s.budget_s / one, s.min_repeats, 50)
 
     def series_single() -> tuple[Timing, ...]:
         single.clear()
-        solve, _, dense = samples_interleaved(fns, repeats=repeats, warmup=0)
-        return Timing.of(solve), Timing.of(single), Timing.of(dense)
+        solve, _, dense, *peer = samples_interleaved(fns, repeats=repeats, warmup=0)
+        out = (Timing.of(solve), Timing.of(single), Timing.of(dense))
+        return out + tuple(Timing.of(x) for x in peer)
 
-    row.solve, row.matvec, row.dense = _retry_if_noisy(series_single, f"{tag} single")
+    row.solve, row.matvec, row.dense, *peer = _retry_if_noisy(series_single, f"{tag} single")
+    if peer:
+        row.peer = peer[0]
 
     # 2. vmap over the batch (A shared, closed over) against a Python loop over it, and the
     # batched matvec vmap(mv)(B). The loop makes the same call as the solve timed above,
@@ -334,7 +357,9 @@ def _tables(rows: list[Row], tiny: list[Tiny]) -> list[str]:
         "matvecs and `torch.linalg.solve` are timed call by call in turn. floor = iterations x "
         "median(one `A @ v`); overhead/iter = (solve - floor) / iterations. `matvecs` counts "
         "every matvec call (CG adds one true-residual check, GMRES one per restart); the floor "
-        "uses iterations only."
+        "uses iterations only. For CG, TorchOpt's `torchopt.linalg.cg` (behind "
+        "`torchopt.linear_solve.solve_cg`) joins the same series: TorchOpt/fi > 1 means fi.CG "
+        "is faster."
     ]
     out = []
     for r in rows:
@@ -354,10 +379,13 @@ def _tables(rows: list[Row], tiny: list[Tiny]) -> list[str]:
                 f"{per_iter:.0f}",
                 r.dense.show("ms") + noisy(r.dense),
                 f"{r.solve.median / r.dense.median:.2f}",
+                r.peer_note or r.peer.show("ms") + noisy(r.peer),
+                r.peer_note or f"**{r.peer.median / r.solve.median:.2f}**",
             ]
         )
     header = ["solver", "n", "dtype", "iters", "matvecs", "`A @ v` µs", "solve ms", "floor ms"]
     header += ["solve/floor", "overhead/iter µs", "linalg.solve ms", "solve/linalg.solve"]
+    header += ["TorchOpt CG ms", "TorchOpt/fi"]
     md.append(table(header, out))
 
     md.append(
@@ -476,7 +504,7 @@ def _results(rows: list[Row]) -> list[Result]:
 
 
 def section_linear(quick: bool, device: str, to: Any | None) -> Section:
-    """Section ``linear``: CG and GMRES on dense problems (``to`` is unused: no peer here)."""
+    """Section ``linear``: CG and GMRES on dense problems; TorchOpt's CG (``to``) beside CG."""
     s = QUICK if quick else FULL
     retries.clear()
     series_load.clear()
@@ -495,7 +523,7 @@ def section_linear(quick: bool, device: str, to: Any | None) -> Section:
             b, big_b = b64.to(device, dtype), big_b64.to(device, dtype)
             ops = {k: v.to(device, dtype) for k, v in ops64.items()}
             for case in CASES:
-                rows.append(bench_case(case, ops[case.operator], b, big_b, s))
+                rows.append(bench_case(case, ops[case.operator], b, big_b, s, to))
                 progress(f"{case.label} n={n} {DTYPE_NAME[dtype]}")
     tiny = bench_tiny(s, device)
     sec = Section("linear", "Linear solvers: CG and GMRES against the matvec floor")

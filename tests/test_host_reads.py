@@ -60,8 +60,13 @@ def test_reads_per_iteration(monkeypatch: pytest.MonkeyPatch, kind: str) -> None
     ref = torch.linalg.solve(a, b)
     for every in (5, None):
         assert int(results[every].iterations) == iterations
-        # frozen once converged: the very same iterate
-        torch.testing.assert_close(results[every].solution, results[1].solution, rtol=0, atol=0)
+        # frozen once converged: the very same iterate. GMRES with check_every=1 on one plain
+        # tensor solves its small (restart-sized) problem on the host in float64, the other
+        # settings in tensors: the same iterations, iterates equal up to that rounding only.
+        exact = 0.0 if kind != "GMRES" else 1e-12
+        torch.testing.assert_close(
+            results[every].solution, results[1].solution, rtol=exact, atol=exact
+        )
         torch.testing.assert_close(results[every].solution, ref, rtol=1e-7, atol=0)
 
 

@@ -9,6 +9,7 @@ the matrix would not fit the memory bound) a Krylov method runs instead.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -20,12 +21,12 @@ from .._core.checks import floating_leaves
 from .._core.loop import ALL_DONE, NONE_DONE, progress
 from .._core.result import LinearSolveResult
 from .._core.tree import TreeT
-from .base import LinearSolverBase, Operator, finish
+from .base import LinearSolverBase, Operator
 from .cg import CG
-from .dense import LU, Cholesky, _DenseSolver, materialize
+from .dense import LU, Cholesky, FactorCache, FactorSolve, _DenseSolver, cache_of, dense_solve
 from .gmres import GMRES
 
-__all__ = ["DEFAULT_MAX_DENSE", "MAX_DENSE_BYTES", "Auto"]
+__all__ = ["DEFAULT_MAX_DENSE", "MAX_DENSE_BYTES", "Auto", "reusing"]
 
 #: Unknowns up to which ``Auto`` factorizes a dense matrix. Measured on CPU, torch 2.13, one
 #: thread, one process, interleaved (implicit_root hypergradients, fwd + bwd): ridge (SPD)
@@ -47,36 +48,29 @@ class _DenseChoice(_DenseSolver):
     def compute(
         self, operator: Operator, b: Any, init: Any, tolerance: torch.Tensor
     ) -> LinearSolveResult[Any]:
-        matrix = materialize(operator, b)
-        rhs, unravel = _tree.ravel(b)
-        column = rhs[:, None]
-        if self.symmetric:
-            x, ok = Cholesky._factor_solve(Cholesky(), matrix, column)
-            residual = torch.linalg.vector_norm(rhs - matrix @ x[:, 0])
+        def factorize(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[FactorSolve, torch.Tensor]:
+            if not self.symmetric:
+                return LU._factorize(LU(), matrix)
+            cholesky, ok = Cholesky._factorize(Cholesky(), matrix)
+            x = cholesky(rhs, False)[:, 0]
+            residual = torch.linalg.vector_norm(rhs[:, 0] - matrix @ x)
             # Cholesky reads one triangle: an indefinite or non-symmetric A either fails the
             # factorization or gives an x whose true residual fails; those elements use LU.
-            good = ok & (residual <= tolerance)
+            good = ok & torch.isfinite(x).all() & (residual <= tolerance)
             status = progress(good)
-            if status != ALL_DONE:
-                x_lu, ok_lu = LU._factor_solve(LU(), matrix, column)
-                if status == NONE_DONE:
-                    x, ok = x_lu, ok_lu
-                else:  # some elements (or unknown, under compile): per element
-                    x = torch.where(good, x, x_lu)
-                    ok = torch.where(good, ok, ok_lu)
-        else:
-            x, ok = LU._factor_solve(LU(), matrix, column)
-        x = x[:, 0]
-        residual = torch.linalg.vector_norm(rhs - matrix @ x)
-        iterations = torch.ones_like(residual, dtype=torch.int64)
-        result = finish(unravel(x), iterations, residual, tolerance)
-        return LinearSolveResult(
-            result.solution,
-            result.iterations,
-            result.residual_norm,
-            result.tolerance,
-            result.converged & ok,
-        )
+            if status == ALL_DONE:
+                return cholesky, ok
+            lu, ok_lu = LU._factorize(LU(), matrix)
+            if status == NONE_DONE:
+                return lu, ok_lu
+
+            def mixed(rhs: torch.Tensor, adjoint: bool) -> torch.Tensor:
+                # some elements (or unknown, under compile): per element
+                return torch.where(good, cholesky(rhs, adjoint), lu(rhs, adjoint))
+
+            return mixed, torch.where(good, ok, ok_lu)
+
+        return dense_solve(cache_of(self), operator, b, tolerance, factorize)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,4 +175,18 @@ class Auto(LinearSolverBase):
         self, matvec: Callable[[TreeT], TreeT], b: TreeT, init: TreeT | None = None
     ) -> LinearSolveResult[TreeT]:
         floating_leaves(b, f"{type(self).__name__}.run(matvec, b)", "b")
-        return self.chosen(b).run(matvec, b, init)
+        chosen = self.chosen(b)
+        cache = cache_of(self)
+        if cache is not None and isinstance(chosen, _DenseSolver):
+            object.__setattr__(chosen, "factor_cache", cache)
+        return chosen.run(matvec, b, init)
+
+
+def reusing(solver: Any) -> Any:
+    """``solver`` with a fresh :class:`FactorCache` where it may factorize (the dense solvers
+    and ``Auto``), else ``solver`` itself: for the solves of one implicit call."""
+    if not isinstance(solver, _DenseSolver | Auto) or cache_of(solver) is not None:
+        return solver
+    out = copy.copy(solver)
+    object.__setattr__(out, "factor_cache", FactorCache())
+    return out

@@ -204,7 +204,9 @@ class IterativeSolver(LinearSolverBase):
             has converged, to stop early: every iteration (``1``, the default), every
             ``k``-th, or never (``None``: exactly ``maxiter`` iterations, no host
             synchronization inside the loop, for GPUs; give it a small ``maxiter``).
-            Converged elements are frozen either way, so results do not depend on it.
+            Converged elements are frozen either way, so results do not depend on it (but
+            for rounding in GMRES, whose small problem ``check_every=1`` solves on the host
+            for one plain tensor).
     """
 
     maxiter: int | None = None

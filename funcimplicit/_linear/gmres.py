@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
+from .._core import loop as _loop
 from .._core import tree as _tree
 from .._core.checks import may_mutate
+from .._core.compat import physical
 from .._core.loop import ALL_DONE, NONE_DONE, UNKNOWN, checked, progress, safe_div, safe_sqrt
 from .._core.result import LinearSolveResult, Status
 from .._core.tree import TreeT
@@ -38,7 +40,11 @@ class GMRES(IterativeSolver):
     restart recomputes the true residual. ``maxiter`` counts Arnoldi steps (one matvec each);
     at most ``ceil(maxiter / restart)`` cycles run. ``check_every`` counts Arnoldi steps
     within a cycle; the per-cycle reads (restart, stagnation) happen when ``check_every`` is
-    not ``None``.
+    not ``None``. With ``check_every=1`` on one plain tensor that nothing differentiates (no
+    ``vmap``, autograd or compile), each step reads its Hessenberg column once and the
+    rotations run on the host in float64: the same method with a few dispatched ops per step.
+    A pivot of the small triangular system that vanished to rounding (a singular ``A``)
+    leaves its direction out of the update.
 
     Examples:
         >>> import torch, funcimplicit as fi
@@ -113,6 +119,21 @@ class GMRES(IterativeSolver):
         m: int,
         maxiter: int,
     ) -> tuple[TreeT, torch.Tensor, torch.Tensor]:
+        first: Any = None  # the first product A M v_0, when computed to choose the path
+        if (
+            isinstance(r, torch.Tensor)
+            and isinstance(x, torch.Tensor)
+            and self.check_every == 1
+            and physical(beta) is beta
+        ):
+            v_first = (safe_div(torch.ones_like(beta), beta) * r.reshape(-1)).reshape(r.shape)
+            product: torch.Tensor = self._product(operator, v_first)
+            if physical(product) is product and may_mutate(beta, product):
+                out = self._host_cycle(
+                    operator, r, beta, x, product, iterations, tolerance, m, maxiter
+                )
+                return cast(tuple[TreeT, torch.Tensor, torch.Tensor], out)
+            first = product
         leaves, spec = _tree.flatten(r)
         shapes = [leaf.shape for leaf in leaves]
         dtype = beta.dtype
@@ -132,6 +153,7 @@ class GMRES(IterativeSolver):
         g = beta * eye[0]  # Q^T (beta e_0); |g[j + 1]| is the residual estimate after step j
         steps = torch.zeros_like(iterations)
         breakdown = 10 * torch.finfo(dtype).eps
+        scales = upper[0]  # ||A M v_j|| per column j: what a pivot of R is small against
         mutable: bool | None = None  # decided at the first matvec of the cycle
         inner_done = done | (iterations >= maxiter)
         for j in range(m):
@@ -143,8 +165,10 @@ class GMRES(IterativeSolver):
             v_j = _tree.unflatten(
                 spec, [q[j].reshape(s) for q, s in zip(basis, shapes, strict=True)]
             )
-            w = [leaf.reshape(-1) for leaf in _tree.flatten(operator(self._precondition(v_j)))[0]]
+            product = first if j == 0 and first is not None else self._product(operator, v_j)
+            w = [leaf.reshape(-1) for leaf in _tree.flatten(product)[0]]
             av_norm = safe_sqrt(_sum(torch.sum(wl * wl) for wl in w))
+            scales = torch.addcmul(scales, av_norm, rows[j][:m])
             h: torch.Tensor | None = None
             # against the rows built so far only (the rest are zero)
             built = [q[: j + 1] for q in basis]
@@ -205,18 +229,116 @@ class GMRES(IterativeSolver):
             # stop on a met (or NaN) estimate, or the iteration budget
             met = torch.logical_not(torch.abs(g[j + 1]) > tolerance)
             inner_done = inner_done | met | broke | (iterations + steps >= maxiter)
-        # Minimize ||beta e_0 - H y|| over the steps taken: R y = g on the used columns; unused
-        # columns get a unit diagonal and zero right-hand side, so their y is 0.
+        # Minimize ||beta e_0 - H y|| over the steps taken: R y = g on the used columns. An
+        # unused column, or one whose pivot vanished to rounding (|R_jj| <= 10 eps ||A M v_j||:
+        # A M v_j lies in the span of the earlier vectors, a singular A), gets the row e_j and
+        # a zero right-hand side, so its y is 0: that direction is left out, not blown up.
         used = torch.arange(m, device=beta.device) < steps
         diag = torch.diagonal(upper[:m])
-        fix = (~used) | (diag == 0)
-        square = upper[:m] + torch.diag(fix.to(dtype) - torch.where(fix, diag, 0.0))
+        fix = (~used) | torch.logical_not(torch.abs(diag) > breakdown * scales)
+        square = torch.where(fix[:, None], eye[:m, :m], upper[:m])
         y = torch.linalg.solve_triangular(
-            square, torch.where(used, g[:m], 0.0)[:, None], upper=True
+            square, torch.where(fix, 0.0, g[:m])[:, None], upper=True
         )[:, 0]
         dx = _tree.unflatten(
             spec, [(y @ q[:m]).reshape(s) for q, s in zip(basis, shapes, strict=True)]
         )
         x = _tree.where(done, x, _tree.add(x, self._precondition(dx)))
         claimed = torch.abs(g.gather(0, steps.clamp_min(0).reshape(1))[0]) <= tolerance
+        return x, iterations + steps, claimed
+
+    def _product(self, operator: Operator, v: Any) -> Any:
+        """``A M v``."""
+        return operator(self._precondition(v))
+
+    def _host_cycle(
+        self,
+        operator: Operator,
+        r: torch.Tensor,
+        beta: torch.Tensor,
+        x: torch.Tensor,
+        first: torch.Tensor,
+        iterations: torch.Tensor,
+        tolerance: torch.Tensor,
+        m: int,
+        maxiter: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One cycle of :meth:`_cycle` for one plain tensor that nothing differentiates.
+
+        The same method, with the small problem on the host: the Arnoldi vectors stay
+        tensors (one row of a preallocated basis each, written in place), while each new
+        Hessenberg column (``j + 2`` numbers) is read once and rotated, and the triangular
+        system solved, in Python floats. A step then dispatches a few tensor ops besides its
+        product, where the batched cycle keeps every scalar as a tensor (needed under
+        ``vmap``, compile or autograd). The stopping test reads the same residual estimate.
+        """
+        n = r.numel()
+        dtype, device = r.dtype, r.device
+        breakdown = 10 * torch.finfo(dtype).eps
+        tol = float(tolerance)
+        beta_f = float(beta)
+        budget = maxiter - int(iterations)
+        basis = torch.zeros(m + 1, n, dtype=dtype, device=device)
+        torch.mul(r.reshape(-1), 1.0 / beta_f if beta_f != 0 else 1.0, out=basis[0])
+        basis_t = basis.mT
+        rows = basis.unbind(0)  # views of the basis rows (no indexing op per step)
+        # Givens rotations so far, (c_i, s_i); R's columns; g = Q^T (beta e_0)
+        rotations: list[tuple[float, float]] = []
+        upper: list[list[float]] = []
+        scales: list[float] = []  # ||A M v_j|| per column
+        g = [beta_f] + [0.0] * m
+        steps = 0
+        flat = r.dim() == 1
+        w = first if flat else first.reshape(-1)
+        for j in range(m):
+            if j > 0:
+                v_j = rows[j] if flat else rows[j].view(r.shape)
+                w = self._product(operator, v_j)
+                w = w if flat else w.reshape(-1)
+            # Arnoldi: w orthogonalized twice (classical Gram-Schmidt as products with the
+            # whole basis; rows beyond j are zero and add exact zeros):
+            # h = V w + V (w - V^T V w), w <- w - V^T h.
+            h1 = torch.mv(basis, w)
+            h_t = torch.addmv(h1, basis, torch.addmv(w, basis_t, h1, alpha=-1))
+            w = torch.addmv(w, basis_t, h_t, alpha=-1)
+            w_norm = torch.linalg.vector_norm(w)
+            # the step's host read (through the loop's reader, like every loop's reads)
+            read = _loop.physical(h_t)
+            assert read is not None  # a plain tensor, outside compile
+            h, w_norm_f = read.tolist()[: j + 1], float(w_norm)
+            # ||A M v_j|| = ||(h, w_norm)|| (orthonormal basis), only a scale for thresholds
+            av_norm_f = math.sqrt(sum(v * v for v in h) + w_norm_f * w_norm_f)
+            scales.append(av_norm_f)
+            # Breakdown: A M v_j lies in the basis up to rounding: no new vector, cycle ends.
+            broke = w_norm_f <= breakdown * av_norm_f
+            if broke:
+                w_norm_f = 0.0
+            elif w_norm_f != 0:  # (not broke, so 0 only for a NaN)
+                torch.mul(w, 1.0 / w_norm_f, out=rows[j + 1])
+            h.append(w_norm_f)
+            # Q^T h: the earlier rotations, each on rows (i, i+1) as [[c, s], [-s, c]]
+            for i, (c, s) in enumerate(rotations):
+                h[i], h[i + 1] = c * h[i] + s * h[i + 1], c * h[i + 1] - s * h[i]
+            # the new rotation zeroes h[j + 1]: c = h_j / rho, s = h_{j+1} / rho (c = 1 at rho = 0)
+            rho = math.hypot(h[j], h[j + 1])
+            c, s = (h[j] / rho, h[j + 1] / rho) if rho != 0 else (1.0, h[j + 1])
+            rotations.append((c, s))
+            h[j], h[j + 1] = c * h[j] + s * h[j + 1], c * h[j + 1] - s * h[j]
+            upper.append(h[: j + 1])
+            g[j], g[j + 1] = c * g[j], -s * g[j]
+            steps += 1
+            # stop on a met (or NaN) estimate, a breakdown, or the iteration budget
+            if not abs(g[j + 1]) > tol or broke or steps >= budget:
+                break
+        # R y = g over the steps taken (back substitution); a pivot vanished to rounding gives
+        # y_i = 0, as in the batched cycle
+        y = [0.0] * m
+        for i in reversed(range(steps)):
+            diag = upper[i][i]
+            if abs(diag) > breakdown * scales[i]:
+                total = g[i] - sum(upper[k][i] * y[k] for k in range(i + 1, steps))
+                y[i] = total / diag
+        dx = (torch.tensor(y, dtype=dtype, device=device) @ basis[:m]).view(r.shape)
+        x = x + self._precondition(dx)
+        claimed = torch.tensor(abs(g[steps]) <= tol, device=device)
         return x, iterations + steps, claimed

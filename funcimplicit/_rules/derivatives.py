@@ -68,6 +68,7 @@ def transposed_solve(fn: Callable[..., Any], solve: LinearSolverBase, label: str
         solve,
         f"{label} (the linear solve A^T u = v of the backward pass)",
         linearize=_jacobian_t_linearize(fn),
+        adjoint=True,
     )
 
 
@@ -77,6 +78,7 @@ def forward_solve(fn: Callable[..., Any], solve: LinearSolverBase, label: str) -
         solve,
         f"{label} (the linear solve A s = -dz of forward mode)",
         linearize=_jacobian_linearize(fn),
+        adjoint=False,
     )
 
 

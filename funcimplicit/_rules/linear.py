@@ -28,7 +28,9 @@ from .._core.compat import never_compiled
 from .._core.result import LinearSolveResult, report
 from .._core.tree import TensorTree, TreeT
 from .._linear.adapter import as_linear_solver
+from .._linear.auto import reusing
 from .._linear.base import LinearSolveArg, LinearSolverBase, rounding_slack
+from .._linear.dense import cache_of
 from .packing import ArgsLayout, TensorPool, TreeLayout, save_inputs_and_outputs
 
 __all__ = ["LinearProblem", "linear_solve", "solve_tree"]
@@ -52,6 +54,14 @@ class LinearProblem:
     init: TreeLayout | None = None
     args: ArgsLayout | None = None
     presolved: bool = False  # ``init`` is the solution, found by :func:`solve_tree`
+    #: Whether ``matvec`` applies ``J^T`` (``True``) or ``J`` (``False``), ``J`` the Jacobian
+    #: of the implicit call this solve belongs to; ``None``: unrelated. Lets a dense solver
+    #: with a factor cache reuse one factorization for all solves of that call.
+    adjoint: bool | None = None
+
+    def orientation(self) -> bool | None:
+        """Whether this solve's operator is ``J^T`` (it is ``J`` when ``False``)."""
+        return None if self.adjoint is None else self.adjoint != self.transposed
 
     def apply_a(self, v: Any, args: tuple[Any, ...]) -> Any:
         """``A(args) v`` (or ``A(args)^T v`` when transposed), without the ridge."""
@@ -76,15 +86,30 @@ class LinearProblem:
 
 
 def _run(
-    solver: LinearSolverBase, operator: Callable[[Any], Any], rhs: Any, init: Any
+    solver: LinearSolverBase,
+    operator: Callable[[Any], Any],
+    rhs: Any,
+    init: Any,
+    adjoint: bool | None = None,
 ) -> LinearSolveResult[Any]:
     """``solver.run``, judged on the square system ``A x = rhs`` these rules solve.
+
+    ``adjoint`` (see :meth:`LinearProblem.orientation`) tells a solver's factor cache which
+    of ``J``, ``J^T`` the operator applies, for the duration of this solve.
 
     A least-squares solver judges its result by the normal equations, which a singular square
     system satisfies at a wrong ``x`` (``A^T b = 0`` gives ``x = 0`` with zero tolerance): here
     its true residual must also meet the tolerance, as for every other solver.
     """
-    result = solver.run(operator, rhs, init)
+    cache = cache_of(solver)
+    if cache is None:
+        result = solver.run(operator, rhs, init)
+    else:
+        cache.adjoint = adjoint
+        try:
+            result = solver.run(operator, rhs, init)
+        finally:
+            cache.adjoint = None
     if not solver.least_squares or solver.ridge:
         return result
     dtype = _tree.flatten(rhs)[0][0].dtype
@@ -115,7 +140,8 @@ class _LinearSolveFunction(torch.autograd.Function):
         if problem.presolved:
             solution = init
         else:
-            result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
+            operator = problem.operator(rhs, args)
+            result = _run(problem.solver, operator, rhs, init, problem.orientation())
             report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
             solution = result.solution
         leaves, _ = _tree.flatten(solution)
@@ -209,14 +235,17 @@ def solve_tree(
     directly, without the rule's packing.
     """
     if not differentiable or not derivatives_possible():
-        result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
+        operator = problem.operator(rhs, args)
+        result = _run(problem.solver, operator, rhs, init, problem.orientation())
         report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
         return result.solution
     # Solve here, at the caller's torch.func levels, on detached values; the Function only
     # attaches the rule. Inside Function.forward the outer levels are lowered, and a
     # callback closing over a tensor of an outer vmap/grad (a preconditioner r / d_task
     # under vmap(grad)) crashed torch there (INTERNAL ASSERT wrapper == nullptr).
-    solution = _run_detached(problem.solver, problem.operator, rhs, args, init, problem.label)
+    solution = _run_detached(
+        problem.solver, problem.operator, rhs, args, init, problem.label, problem.orientation()
+    )
     pool = TensorPool()
     rhs_layout = pool.add_tree(rhs)
     init_layout = pool.add_tree(solution)
@@ -234,11 +263,12 @@ def _run_detached(
     args: tuple[Any, ...],
     init: Any,
     label: str,
+    adjoint: bool | None = None,
 ) -> Any:
     """``solver.run`` on detached values, recording nothing, reported; the solution tree."""
     rhs, args, init = _tree.detached((rhs, args, init))
     with torch.no_grad():
-        result = _run(solver, operator(rhs, args), rhs, init)
+        result = _run(solver, operator(rhs, args), rhs, init, adjoint)
     report(result, solver.on_failure, label, solver.failure_hint)
     return result.solution
 
@@ -370,8 +400,11 @@ def _solve_attached(
     plain_b, plain_args = _tree.detached((b, args))
     with torch.no_grad():
         rhs = residual.rhs(plain_b, plain_args)
+    # One factorization (dense solvers) for this call: the derivative solves of the rule
+    # below solve with J = A or J^T by the factors of this forward solve (J, not adjoint).
+    solver = reusing(solver)
     solution = _run_detached(
-        solver, lambda _, a: residual.operator(a), rhs, plain_args, init, label
+        solver, lambda _, a: residual.operator(a), rhs, plain_args, init, label, adjoint=False
     )
     return attach(
         residual, solution, (b, *args), range(len(args) + 1), solver, label, check_root=False
