@@ -75,7 +75,7 @@ class LinearProblem:
         return lambda v: self.matvec(v, *args)
 
 
-def _run(
+def run_square(
     solver: LinearSolverBase, operator: Callable[[Any], Any], rhs: Any, init: Any
 ) -> LinearSolveResult[Any]:
     """``solver.run``, judged on the square system ``A x = rhs`` these rules solve.
@@ -115,7 +115,7 @@ class _LinearSolveFunction(torch.autograd.Function):
         if problem.presolved:
             solution = init
         else:
-            result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
+            result = run_square(problem.solver, problem.operator(rhs, args), rhs, init)
             report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
             solution = result.solution
         leaves, _ = _tree.flatten(solution)
@@ -209,7 +209,7 @@ def solve_tree(
     directly, without the rule's packing.
     """
     if not differentiable or not derivatives_possible():
-        result = _run(problem.solver, problem.operator(rhs, args), rhs, init)
+        result = run_square(problem.solver, problem.operator(rhs, args), rhs, init)
         report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
         return result.solution
     # Solve here, at the caller's torch.func levels, on detached values; the Function only
@@ -238,7 +238,7 @@ def _run_detached(
     """``solver.run`` on detached values, recording nothing, reported; the solution tree."""
     rhs, args, init = _tree.detached((rhs, args, init))
     with torch.no_grad():
-        result = _run(solver, operator(rhs, args), rhs, init)
+        result = run_square(solver, operator(rhs, args), rhs, init)
     report(result, solver.on_failure, label, solver.failure_hint)
     return result.solution
 

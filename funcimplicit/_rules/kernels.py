@@ -1,0 +1,77 @@
+"""The backward linear solve of the implicit rule, compiled once per operator.
+
+When a user compiles code that calls an implicit function, dynamo breaks its graph at the
+rule's ``autograd.Function`` (a custom ``jvp`` is not traceable on torch 2.13) and the rule
+runs eagerly. In a classic first-order backward (``.backward()`` or ``torch.autograd.grad``
+without ``create_graph``), the rule's work is one linear solve
+
+    A^T u = v,   A = dT/dtheta at the solution,   A^T u = VJP of T in theta,
+
+which, run eagerly, costs one Python-level VJP per solver iteration: most of a small
+problem's time. There the rule calls a compiled solve instead: ``torch.func.vjp`` of ``T``
+and the solver's loop traced as one graph (the loop runs its full ``maxiter``, finished
+elements frozen, as every compiled solve does). The result equals the eager solve up to
+rounding: same iterations, same operator.
+
+One compiled function per ``(optimality function, solver)`` pair is kept (the most recent
+:data:`CACHE_SIZE`), so repeated calls with new tensors of the same shapes reuse the compiled
+code. Only eager backward passes of calls that were themselves compiled get here: an eager
+user never pays a compile.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .._core import func as _func
+from .._core.compat import physical
+from .._core.result import LinearSolveResult
+from .._linear.base import LinearSolverBase
+from .linear import run_square
+
+__all__ = ["CACHE_SIZE", "adjoint_kernel", "plain"]
+
+#: How many compiled backward solves are kept (one per operator and solver).
+CACHE_SIZE = 16
+
+#: The backend of the compiled solves (``torch.compile``'s default; tests use ``aot_eager``).
+BACKEND = "inductor"
+
+AdjointKernel = Callable[[Any, tuple[Any, ...], Any], LinearSolveResult[Any]]
+
+# (id(optimality_fn), id(solver)) -> (optimality_fn, solver, kernel): holding both objects
+# keeps their ids from being reused while the entry lives.
+_CACHE: OrderedDict[tuple[int, int], tuple[Any, Any, AdjointKernel]] = OrderedDict()
+
+
+def plain(tensors: Any) -> bool:
+    """Whether every tensor is a plain one (no ``torch.func`` wrapper): what compiled code
+    can take ("Cannot access storage of TensorWrapper" otherwise)."""
+    return all(physical(t) is t for t in tensors if isinstance(t, torch.Tensor))
+
+
+def adjoint_kernel(optimality_fn: Callable[..., Any], solver: LinearSolverBase) -> AdjointKernel:
+    """``(solution, args, v) -> solver.run(A^T, v)`` compiled, for ``A = dT/dtheta``.
+
+    ``A^T u`` is ``torch.func.vjp`` of ``theta -> T(theta, *args)`` at ``solution``: its
+    forward pass runs once per solve, each iteration applies only the pullback.
+    """
+    key = (id(optimality_fn), id(solver))
+    entry = _CACHE.get(key)
+    if entry is not None:
+        _CACHE.move_to_end(key)
+        return entry[2]
+
+    def adjoint(solution: Any, args: tuple[Any, ...], v: Any) -> LinearSolveResult[Any]:
+        _, transpose = _func.vjp(lambda theta: optimality_fn(theta, *args), solution)
+        return run_square(solver, lambda u: transpose(u)[0], v, None)
+
+    kernel: AdjointKernel = torch.compile(adjoint, backend=BACKEND)
+    _CACHE[key] = (optimality_fn, solver, kernel)
+    if len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return kernel
