@@ -332,6 +332,106 @@ def test_hypergradient_compiles_under_vmap_without_recompiling() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Compiled user code around implicit_root: one compilation for every call with new tensors.
+# Before the rule's packing ran eagerly, dynamo traced it, guarded on id() of per-call tensors
+# ("Cache line invalidated because L['z'] got deallocated") and recompiled on every call until
+# its recompile limit, then ran eagerly.
+
+
+@fi.implicit_root(_stationarity, argnums=1, solve=fi.CG(maxiter=8, rtol=1e-13))
+def _ridge(init: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> torch.Tensor:
+    return torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
+
+
+def _ridge_loss(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+    x, y, xv, yv = data
+    return (xv @ _ridge(lam, lam, x, y) - yv).square().mean()
+
+
+def _by_autograd(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+    (g,) = torch.autograd.grad(_ridge_loss(lam, *data), lam)
+    return g
+
+
+def _by_func(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = torch.func.grad(_ridge_loss)(lam, *data)
+    return out
+
+
+def _recompiles() -> int:
+    return int(sum(torch._dynamo.utils.counters["recompiles"].values()))
+
+
+@pytest.mark.parametrize("how", ["autograd.grad", "func.grad", "backward"])
+def test_compiled_user_code_does_not_recompile_and_equals_eager(how: str) -> None:
+    data = _ridge_problem()
+    g = torch.Generator().manual_seed(2)
+
+    def via_backward(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+        _ridge_loss(lam, *data).backward()  # type: ignore[no-untyped-call]
+        assert lam.grad is not None
+        return lam.grad
+
+    fn = {"autograd.grad": _by_autograd, "func.grad": _by_func, "backward": via_backward}[how]
+    compiled = torch.compile(fn, backend="aot_eager")
+    fresh = (
+        (lambda: (torch.rand(4, generator=g, dtype=F64) + 0.05).requires_grad_())
+        if (how != "func.grad")
+        else (lambda: torch.rand(4, generator=g, dtype=F64) + 0.05)
+    )
+    compiled(fresh(), *data)
+    before = _recompiles()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):  # new tensors, same shapes: the first compilation serves every call
+            lam = fresh()
+            got = compiled(lam, *data)
+            want = fn(lam.detach().clone().requires_grad_(lam.requires_grad), *data)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(
+                got, _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13
+            )
+    assert _recompiles() == before
+
+
+def test_compiled_user_code_uses_a_compiled_backward_solve_once_per_operator() -> None:
+    # A classic first-order backward of a compiled call solves A^T u = v with a solve that
+    # is compiled once per (optimality function, solver) and reused by every later call.
+    data = _ridge_problem()
+    compiled = torch.compile(_by_autograd, backend="aot_eager")
+    kernels._CACHE.clear()
+    for scale in (0.5, 1.0, 2.0):
+        lam = torch.full((4,), scale, dtype=F64, requires_grad=True)
+        torch.testing.assert_close(
+            compiled(lam, *data), _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13
+        )
+    assert len(kernels._CACHE) == 1
+    # Eager calls never compile anything.
+    kernels._CACHE.clear()
+    _by_autograd(torch.ones(4, dtype=F64, requires_grad=True), *data)
+    assert not kernels._CACHE
+
+
+def test_compiled_user_code_under_vmap_of_grad_does_not_recompile() -> None:
+    # iMAML's pattern: vmap over tasks of grad of an outer loss through implicit_root. On
+    # torch 2.13 dynamo runs the transforms eagerly (the rule is not traceable); the call
+    # must still compile once and give eager's values.
+    data = _ridge_problem()
+    per_task = torch.func.vmap(_by_func, in_dims=(0, None, None, None, None))
+    compiled = torch.compile(per_task, backend="aot_eager")
+    g = torch.Generator().manual_seed(3)
+    compiled(torch.rand(3, 4, generator=g, dtype=F64) + 0.05, *data)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            lams = torch.rand(3, 4, generator=g, dtype=F64) + 0.05
+            grads = compiled(lams, *data)
+            torch.testing.assert_close(grads, per_task(lams, *data), rtol=1e-12, atol=1e-15)
+            for lam, grad in zip(lams, grads, strict=True):
+                torch.testing.assert_close(
+                    grad, _ridge_reference(lam, *data), rtol=1e-9, atol=1e-13
+                )
+
+
+# --------------------------------------------------------------------------------------------
 # The default (inductor) backend, as users compile: tiny problems, small trip counts.
 
 
