@@ -308,7 +308,7 @@ def user_code_rows(device: torch.device, repeats: int, n_tasks: int = 16) -> lis
     ref = by_func(lam.double(), *(t.double() for t in data))
     rows = [
         user_code_row(
-            "ridge, d = 100, compiled user code: implicit_root + autograd.grad",
+            "ridge, d = 100, compiled user code (fullgraph=False): implicit_root + autograd.grad",
             by_autograd,
             lambda: (lam.clone().requires_grad_(), *data),
             repeats,
@@ -316,7 +316,7 @@ def user_code_rows(device: torch.device, repeats: int, n_tasks: int = 16) -> lis
             ref,
         ),
         user_code_row(
-            "ridge, d = 100, compiled user code: implicit_root + torch.func.grad",
+            "ridge, d = 100, compiled user code (fullgraph=False): implicit_root + torch.func.grad",
             by_func,
             lambda: (lam.clone(), *data),
             repeats,
@@ -330,7 +330,7 @@ def user_code_rows(device: torch.device, repeats: int, n_tasks: int = 16) -> lis
     reference = _imaml.meta_gradients_vmap(theta64, tuple(t.double() for t in tasks))  # type: ignore[arg-type]
     rows.append(
         user_code_row(
-            f"iMAML, {n_tasks} tasks, compiled user code: implicit_root + vmap(grad)",
+            f"iMAML, {n_tasks} tasks, compiled user code (fullgraph=False): implicit_root + vmap(grad)",
             _imaml.meta_gradients_vmap,
             lambda: ({k: v.clone() for k, v in theta.items()}, tuple(t.clone() for t in tasks)),
             repeats,

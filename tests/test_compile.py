@@ -116,7 +116,9 @@ LINEAR_SOLVERS = [
 @pytest.mark.parametrize("solver", LINEAR_SOLVERS, ids=lambda s: type(s).__name__)
 def test_every_linear_solver_compiles_as_one_graph(solver: Any) -> None:
     # Neumann needs ||I - A|| < 1: here ||M M^T / 25|| = 0.61, so 80 terms reach 1e-17.
-    m = torch.randn(5, 5, dtype=F64, generator=torch.Generator().manual_seed(0))
+    m = torch.randn(
+        5, 5, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(0)
+    )
     a, b = torch.eye(5, dtype=F64) + m @ m.T / 25, torch.ones(5, dtype=F64)
 
     def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +269,7 @@ def test_fullgraph_through_an_implicit_function_names_the_alternative(
 
 
 def _ridge_problem() -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     x, y = torch.randn(12, 4, generator=g, dtype=F64), torch.randn(12, generator=g, dtype=F64)
     xv, yv = torch.randn(8, 4, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
     return x, y, xv, yv
@@ -318,7 +320,7 @@ def test_hypergradient_compiles_under_vmap_without_recompiling() -> None:
     data = _ridge_problem()
     per_task = torch.func.vmap(_ridge_hypergradient, in_dims=(0, None, None, None, None))
     compiled = torch.compile(per_task, fullgraph=True, backend="aot_eager")
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(1)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(3):  # new values, same shapes: one compilation serves every call
             lams = torch.rand(5, 4, generator=g, dtype=F64) + 0.05
@@ -365,7 +367,7 @@ def _recompiles() -> int:
 @pytest.mark.parametrize("how", ["autograd.grad", "func.grad", "backward"])
 def test_compiled_user_code_does_not_recompile_and_equals_eager(how: str) -> None:
     data = _ridge_problem()
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(2)
 
     def via_backward(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
         _ridge_loss(lam, *data).backward()  # type: ignore[no-untyped-call]
@@ -411,6 +413,22 @@ def test_compiled_user_code_uses_a_compiled_backward_solve_once_per_operator() -
     assert not kernels._CACHE
 
 
+def test_compiled_user_code_still_refuses_a_non_finite_cotangent() -> None:
+    # The compiled backward solve checks the cotangent inside its graph: same error as eager.
+    data = _ridge_problem()
+
+    def nan_loss(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+        x, y, _, _ = data
+        w = _ridge(lam, lam, x, y)
+        (g,) = torch.autograd.grad((w * torch.tensor(float("nan"), dtype=F64)).sum(), lam)
+        return g
+
+    compiled = torch.compile(nan_loss, backend="aot_eager")
+    lam = torch.ones(4, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="cotangent of the solution contains NaN"):
+        compiled(lam, *data)
+
+
 def test_compiled_user_code_under_vmap_of_grad_does_not_recompile() -> None:
     # iMAML's pattern: vmap over tasks of grad of an outer loss through implicit_root. On
     # torch 2.13 dynamo runs the transforms eagerly (the rule is not traceable); the call
@@ -418,7 +436,7 @@ def test_compiled_user_code_under_vmap_of_grad_does_not_recompile() -> None:
     data = _ridge_problem()
     per_task = torch.func.vmap(_by_func, in_dims=(0, None, None, None, None))
     compiled = torch.compile(per_task, backend="aot_eager")
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(3)
     compiled(torch.rand(3, 4, generator=g, dtype=F64) + 0.05, *data)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(2):
@@ -465,6 +483,14 @@ def test_inductor_compiles_solvers_and_a_vmapped_hypergradient() -> None:
 
     data = _ridge_problem()
     per_task = torch.func.vmap(_ridge_hypergradient, in_dims=(0, None, None, None, None))
-    lams = torch.rand(3, 4, generator=torch.Generator().manual_seed(2), dtype=F64) + 0.1
+    lams = (
+        torch.rand(
+            3,
+            4,
+            generator=torch.Generator(device=torch.get_default_device()).manual_seed(2),
+            dtype=F64,
+        )
+        + 0.1
+    )
     grads, _ = torch.compile(per_task, fullgraph=True)(lams, *data)
     torch.testing.assert_close(grads, per_task(lams, *data)[0], rtol=1e-10, atol=1e-14)

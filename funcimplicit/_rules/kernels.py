@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .._core import func as _func
+from .._core import tree as _tree
 from .._core.compat import physical
 from .._core.result import LinearSolveResult
 from .._linear.base import LinearSolverBase
@@ -41,7 +42,7 @@ CACHE_SIZE = 16
 #: The backend of the compiled solves (``torch.compile``'s default; tests use ``aot_eager``).
 BACKEND = "inductor"
 
-AdjointKernel = Callable[[Any, tuple[Any, ...], Any], LinearSolveResult[Any]]
+AdjointKernel = Callable[[Any, tuple[Any, ...], Any], tuple[LinearSolveResult[Any], torch.Tensor]]
 
 # (id(optimality_fn), id(solver)) -> (optimality_fn, solver, kernel): holding both objects
 # keeps their ids from being reused while the entry lives.
@@ -55,7 +56,8 @@ def plain(tensors: Any) -> bool:
 
 
 def adjoint_kernel(optimality_fn: Callable[..., Any], solver: LinearSolverBase) -> AdjointKernel:
-    """``(solution, args, v) -> solver.run(A^T, v)`` compiled, for ``A = dT/dtheta``.
+    """``(solution, args, v) -> (solver.run(A^T, v), all(isfinite(v)))`` compiled, for
+    ``A = dT/dtheta``; the flag lets the caller check ``v`` and the solve with one host read.
 
     ``A^T u`` is ``torch.func.vjp`` of ``theta -> T(theta, *args)`` at ``solution``: its
     forward pass runs once per solve, each iteration applies only the pullback.
@@ -66,9 +68,12 @@ def adjoint_kernel(optimality_fn: Callable[..., Any], solver: LinearSolverBase) 
         _CACHE.move_to_end(key)
         return entry[2]
 
-    def adjoint(solution: Any, args: tuple[Any, ...], v: Any) -> LinearSolveResult[Any]:
+    def adjoint(
+        solution: Any, args: tuple[Any, ...], v: Any
+    ) -> tuple[LinearSolveResult[Any], torch.Tensor]:
         _, transpose = _func.vjp(lambda theta: optimality_fn(theta, *args), solution)
-        return run_square(solver, lambda u: transpose(u)[0], v, None)
+        finite = torch.stack([torch.isfinite(t).all() for t in _tree.flatten(v)[0]]).all()
+        return run_square(solver, lambda u: transpose(u)[0], v, None), finite
 
     kernel: AdjointKernel = torch.compile(adjoint, backend=BACKEND)
     _CACHE[key] = (optimality_fn, solver, kernel)

@@ -186,28 +186,35 @@ class _ImplicitRootFunction(torch.autograd.Function):
             problem.solution.spec,
             [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs, strict=True)],
         )
-        check_finite(
-            v,
+        not_finite = (
             f"{problem.label}: the cotangent of the solution contains NaN or Inf; the outer "
-            "loss or its gradient is not finite.",
+            "loss or its gradient is not finite."
         )
         solution = _tree.unflatten(problem.solution.spec, list(outputs))
         args = problem.args.rebuild(tensors)
         second = problem.second_order([*outputs, *_tree.flatten(v)[0]])
-        if second:
-            problem.refuse_captured()
-        # With captured tensors, a first-order solve runs directly, not through linear_solve's
-        # Function: that forward runs below the current torch.func level, where a tensor T
-        # captured from that level cannot be read (a torch INTERNAL ASSERT under vmap(grad)).
         transposed = transposed_solve(problem.optimality_fn, problem.solve, problem.label)
         if problem.compiled and not second and _classic_first_order([*outputs, *tensors, *grads]):
-            # The caller was compiled: A^T u = v by a solve compiled once per operator.
-            kernel = adjoint_kernel(problem.optimality_fn, problem.solve)
-            adjoint = kernel(solution, args, v)
-            solver = problem.solve
-            report(adjoint, solver.on_failure, transposed.label, solver.failure_hint)
+            # The caller was compiled: A^T u = v by a solve compiled once per operator, and
+            # one host read for both checks (finite cotangent, converged solve).
+            adjoint, finite = adjoint_kernel(problem.optimality_fn, problem.solve)(
+                solution, args, v
+            )
+            finite_ok, converged = torch.stack([finite, adjoint.converged.all()]).tolist()
+            if not finite_ok:
+                raise ValueError(not_finite)
+            if not converged:
+                solver = problem.solve
+                report(adjoint, solver.on_failure, transposed.label, solver.failure_hint)
             u = adjoint.solution
         else:
+            check_finite(v, not_finite)
+            if second:
+                problem.refuse_captured()
+            # With captured tensors, a first-order solve runs directly, not through
+            # linear_solve's Function: that forward runs below the current torch.func level,
+            # where a tensor T captured from that level cannot be read (a torch INTERNAL
+            # ASSERT under vmap(grad)).
             u = solve_tree(
                 transposed, v, (solution, *args), differentiable=second or not problem.captured
             )
