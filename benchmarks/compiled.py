@@ -330,7 +330,8 @@ def user_code_rows(device: torch.device, repeats: int, n_tasks: int = 16) -> lis
     reference = _imaml.meta_gradients_vmap(theta64, tuple(t.double() for t in tasks))  # type: ignore[arg-type]
     rows.append(
         user_code_row(
-            f"iMAML, {n_tasks} tasks, compiled user code (fullgraph=False): implicit_root + vmap(grad)",
+            f"iMAML, {n_tasks} tasks, compiled user code (fullgraph=False): "
+            "implicit_root + vmap(grad)",
             _imaml.meta_gradients_vmap,
             lambda: ({k: v.clone() for k, v in theta.items()}, tuple(t.clone() for t in tasks)),
             repeats,
