@@ -342,7 +342,8 @@ def test_hypergradient_compiles_under_vmap_without_recompiling() -> None:
 
 @fi.implicit_root(_stationarity, argnums=1, solve=fi.CG(maxiter=8, rtol=1e-13))
 def _ridge(init: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> torch.Tensor:
-    return torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
+    w: torch.Tensor = torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
+    return w
 
 
 def _ridge_loss(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
@@ -376,11 +377,11 @@ def test_compiled_user_code_does_not_recompile_and_equals_eager(how: str) -> Non
 
     fn = {"autograd.grad": _by_autograd, "func.grad": _by_func, "backward": via_backward}[how]
     compiled = torch.compile(fn, backend="aot_eager")
-    fresh = (
-        (lambda: (torch.rand(4, generator=g, dtype=F64) + 0.05).requires_grad_())
-        if (how != "func.grad")
-        else (lambda: torch.rand(4, generator=g, dtype=F64) + 0.05)
-    )
+
+    def fresh() -> torch.Tensor:
+        lam = torch.rand(4, generator=g, dtype=F64) + 0.05
+        return lam if how == "func.grad" else lam.requires_grad_()
+
     compiled(fresh(), *data)
     before = _recompiles()
     with torch._dynamo.config.patch(error_on_recompile=True):
