@@ -430,6 +430,25 @@ def test_compiled_user_code_still_refuses_a_non_finite_cotangent() -> None:
         compiled(lam, *data)
 
 
+def test_compiled_backward_solve_falls_back_to_eager_where_it_cannot_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # E.g. inductor without a working C++ compiler: one warning, then the eager solve.
+    def broken(graph: Any, inputs: Any) -> Any:
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(kernels, "BACKEND", broken)
+    kernels._CACHE.clear()
+    data = _ridge_problem()
+    compiled = torch.compile(_by_autograd, backend="aot_eager")
+    lam = torch.ones(4, dtype=F64, requires_grad=True)
+    with pytest.warns(UserWarning, match="runs eagerly instead"):
+        got = compiled(lam, *data)
+    torch.testing.assert_close(got, _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13)
+    got = compiled(lam, *data)  # not retried, no second warning (filterwarnings=error)
+    torch.testing.assert_close(got, _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13)
+
+
 def test_compiled_user_code_under_vmap_of_grad_does_not_recompile() -> None:
     # iMAML's pattern: vmap over tasks of grad of an outer loss through implicit_root. On
     # torch 2.13 dynamo runs the transforms eagerly (the rule is not traceable); the call

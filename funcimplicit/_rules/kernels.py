@@ -21,6 +21,7 @@ user never pays a compile.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -34,19 +35,19 @@ from .._core.result import LinearSolveResult
 from .._linear.base import LinearSolverBase
 from .linear import run_square
 
-__all__ = ["CACHE_SIZE", "adjoint_kernel", "plain"]
+__all__ = ["CACHE_SIZE", "adjoint_kernel", "compiled_adjoint", "plain"]
 
 #: How many compiled backward solves are kept (one per operator and solver).
 CACHE_SIZE = 16
 
 #: The backend of the compiled solves (``torch.compile``'s default; tests use ``aot_eager``).
-BACKEND = "inductor"
+BACKEND: str | Callable[..., Any] = "inductor"
 
 AdjointKernel = Callable[[Any, tuple[Any, ...], Any], tuple[LinearSolveResult[Any], torch.Tensor]]
 
 # (id(optimality_fn), id(solver)) -> (optimality_fn, solver, kernel): holding both objects
-# keeps their ids from being reused while the entry lives.
-_CACHE: OrderedDict[tuple[int, int], tuple[Any, Any, AdjointKernel]] = OrderedDict()
+# keeps their ids from being reused while the entry lives. ``None``: compiling failed once.
+_CACHE: OrderedDict[tuple[int, int], tuple[Any, Any, AdjointKernel | None]] = OrderedDict()
 
 
 def plain(tensors: Any) -> bool:
@@ -55,7 +56,39 @@ def plain(tensors: Any) -> bool:
     return all(physical(t) is t for t in tensors if isinstance(t, torch.Tensor))
 
 
-def adjoint_kernel(optimality_fn: Callable[..., Any], solver: LinearSolverBase) -> AdjointKernel:
+def compiled_adjoint(
+    optimality_fn: Callable[..., Any],
+    solver: LinearSolverBase,
+    solution: Any,
+    args: tuple[Any, ...],
+    v: Any,
+) -> tuple[LinearSolveResult[Any], torch.Tensor] | None:
+    """The compiled solve of ``A^T u = v`` (see :func:`adjoint_kernel`), or ``None`` where it
+    cannot be compiled (the caller then solves eagerly: slower, the same answer).
+
+    A failure to compile (e.g. inductor without a working C++ compiler, or an operator dynamo
+    cannot trace) is reported once per operator with a ``UserWarning`` and not retried.
+    """
+    kernel = adjoint_kernel(optimality_fn, solver)
+    if kernel is None:
+        return None
+    try:
+        return kernel(solution, args, v)
+    except Exception as error:  # compiling failed: run eagerly from now on for this pair
+        _CACHE[(id(optimality_fn), id(solver))] = (optimality_fn, solver, None)
+        warnings.warn(
+            "funcimplicit: the compiled backward solve of a compiled caller failed "
+            f"({type(error).__name__}: {str(error)[:200]}); it runs eagerly instead, with "
+            "the same result.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def adjoint_kernel(
+    optimality_fn: Callable[..., Any], solver: LinearSolverBase
+) -> AdjointKernel | None:
     """``(solution, args, v) -> (solver.run(A^T, v), all(isfinite(v)))`` compiled, for
     ``A = dT/dtheta``; the flag lets the caller check ``v`` and the solve with one host read.
 

@@ -51,7 +51,7 @@ from .._core.compat import (
 from .._core.result import ConvergenceError, ConvergenceWarning, report
 from .._linear.base import LinearSolverBase
 from .derivatives import check_finite, forward_solve, transposed_solve
-from .kernels import adjoint_kernel, plain
+from .kernels import compiled_adjoint, plain
 from .linear import solve_tree
 from .packing import ArgsLayout, TensorPool, TreeLayout
 
@@ -194,20 +194,21 @@ class _ImplicitRootFunction(torch.autograd.Function):
         args = problem.args.rebuild(tensors)
         second = problem.second_order([*outputs, *_tree.flatten(v)[0]])
         transposed = transposed_solve(problem.optimality_fn, problem.solve, problem.label)
+        u = None
         if problem.compiled and not second and _classic_first_order([*outputs, *tensors, *grads]):
             # The caller was compiled: A^T u = v by a solve compiled once per operator, and
             # one host read for both checks (finite cotangent, converged solve).
-            adjoint, finite = adjoint_kernel(problem.optimality_fn, problem.solve)(
-                solution, args, v
-            )
-            finite_ok, converged = torch.stack([finite, adjoint.converged.all()]).tolist()
-            if not finite_ok:
-                raise ValueError(not_finite)
-            if not converged:
-                solver = problem.solve
-                report(adjoint, solver.on_failure, transposed.label, solver.failure_hint)
-            u = adjoint.solution
-        else:
+            outcome = compiled_adjoint(problem.optimality_fn, problem.solve, solution, args, v)
+            if outcome is not None:
+                adjoint, finite = outcome
+                finite_ok, converged = torch.stack([finite, adjoint.converged.all()]).tolist()
+                if not finite_ok:
+                    raise ValueError(not_finite)
+                if not converged:
+                    solver = problem.solve
+                    report(adjoint, solver.on_failure, transposed.label, solver.failure_hint)
+                u = adjoint.solution
+        if u is None:
             check_finite(v, not_finite)
             if second:
                 problem.refuse_captured()
