@@ -397,21 +397,39 @@ def test_compiled_user_code_does_not_recompile_and_equals_eager(how: str) -> Non
 
 
 def test_compiled_user_code_uses_a_compiled_backward_solve_once_per_operator() -> None:
-    # A classic first-order backward of a compiled call solves A^T u = v with a solve that
-    # is compiled once per (optimality function, solver) and reused by every later call.
+    # A classic first-order backward of a compiled call solves A^T u = v with a compiled
+    # solve, reused by every later call (also with new, equal solver and wrapper objects:
+    # fi.minimize builds its optimality function per call).
     data = _ridge_problem()
-    compiled = torch.compile(_by_autograd, backend="aot_eager")
-    kernels._CACHE.clear()
-    for scale in (0.5, 1.0, 2.0):
-        lam = torch.full((4,), scale, dtype=F64, requires_grad=True)
-        torch.testing.assert_close(
-            compiled(lam, *data), _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13
-        )
-    assert len(kernels._CACHE) == 1
+    x, y, xv, yv = data
+
+    def objective(w: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x @ w - y).square().sum() + 0.5 * (lam * w * w).sum()
+
+    def by_minimize(lam: torch.Tensor) -> torch.Tensor:
+        start = torch.zeros(4, dtype=F64)
+        method = fi.Newton(solve=fi.LU(), maxiter=5)
+        w = fi.minimize(objective, start, lam, method=method, solve=fi.CG(maxiter=6)).value
+        (g,) = torch.autograd.grad((xv @ w - yv).square().mean(), lam)
+        return g
+
+    calls = kernels.compiled_calls
+    for fn in (lambda lam: _by_autograd(lam, *data), by_minimize):
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend="aot_eager")
+        compiled(torch.ones(4, dtype=F64, requires_grad=True))
+        before = _recompiles()
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for scale in (0.5, 2.0):
+                lam = torch.full((4,), scale, dtype=F64, requires_grad=True)
+                torch.testing.assert_close(
+                    compiled(lam), _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13
+                )
+        assert _recompiles() == before
+    assert kernels.compiled_calls == calls + 6
     # Eager calls never compile anything.
-    kernels._CACHE.clear()
-    _by_autograd(torch.ones(4, dtype=F64, requires_grad=True), *data)
-    assert not kernels._CACHE
+    by_minimize(torch.ones(4, dtype=F64, requires_grad=True))
+    assert kernels.compiled_calls == calls + 6
 
 
 def test_compiled_user_code_still_refuses_a_non_finite_cotangent() -> None:
@@ -438,7 +456,6 @@ def test_compiled_backward_solve_falls_back_to_eager_where_it_cannot_compile(
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(kernels, "BACKEND", broken)
-    kernels._CACHE.clear()
     data = _ridge_problem()
     compiled = torch.compile(_by_autograd, backend="aot_eager")
     lam = torch.ones(4, dtype=F64, requires_grad=True)
