@@ -5,6 +5,7 @@ Run from the repository root:
     PYTHONPATH=. python benchmarks/compiled.py            # full run (compiles take minutes)
     PYTHONPATH=. python benchmarks/compiled.py --quick    # fewer repeats, iMAML only (~2 min)
     PYTHONPATH=. python benchmarks/compiled.py --device cuda
+    PYTHONPATH=. python benchmarks/compiled.py --only user    # the user-code rows (4.) only
 
 Problems (each compiled with ``fullgraph=True``: one graph, no graph break, so no host read
 and no host-device synchronization inside the compiled loops):
@@ -17,6 +18,12 @@ and no host-device synchronization inside the compiled loops):
    gradient-descent steps, 10 CG steps; see ``_imaml.py``), ``vmap`` over tasks: eager
    ``fi.implicit_root`` + ``vmap(grad)``, eager ``fi.hypergradient`` under ``vmap``, and the
    compiled ``vmap`` of ``fi.hypergradient``.
+
+4. Compiled user code: ``torch.compile`` (default ``fullgraph=False``) of the user's own
+   function around ``fi.implicit_root``, side by side with the same function eager, each
+   call with new tensors (a recompile would show in "recompiles"): the ridge outer gradient
+   by ``torch.autograd.grad`` and by ``torch.func.grad``, and the iMAML meta-gradient
+   (``vmap(grad)`` over 16 tasks).
 
 Every time is ``median [min, max]`` over repeats after warm-up, eager and compiled calls
 interleaved; "speed-up" is the ratio of medians from the same run. "compile" is the wall time
@@ -230,6 +237,112 @@ def imaml_rows(device: torch.device, repeats: int, n_tasks: int = 16) -> list[Ro
 
 
 # ----------------------------------------------------------------------------------------------
+# 4. Compiled user code around fi.implicit_root
+
+
+def _recompiles() -> int:
+    return int(sum(torch._dynamo.utils.counters["recompiles"].values()))
+
+
+def user_code_row(
+    problem: str,
+    fn: Callable[..., Any],
+    fresh: Callable[[], tuple[Any, ...]],
+    repeats: int,
+    device: torch.device,
+    reference: Any = None,
+) -> Row:
+    """Eager ``fn`` against ``torch.compile(fn)``, each call on new tensors from ``fresh``."""
+    compiled = torch.compile(fn)
+    inputs = fresh()
+    start = time.perf_counter()
+    out = compiled(*inputs)
+    _sync(device)
+    compile_s = time.perf_counter() - start
+    want = fn(*inputs)
+    diff = f"{relative_diff(out, want):.1e}"
+    compiled(*fresh())  # a second call with new tensors: compiles again if guards fail
+    before = _recompiles()
+    t_eager, t_compiled = measure_interleaved(
+        [lambda: (fn(*fresh()), _sync(device)), lambda: (compiled(*fresh()), _sync(device))],
+        repeats=repeats,
+        warmup=1,
+    )
+    note = f"recompiles while timing: {_recompiles() - before}"
+    if reference is not None:
+        note += (
+            f"; vs float64: eager {relative_diff(want, reference):.1e}, "
+            f"compiled {relative_diff(out, reference):.1e}"
+        )
+    return Row(problem, t_eager, t_compiled, compile_s, diff, note)
+
+
+def user_code_rows(device: torch.device, repeats: int, n_tasks: int = 16) -> list[Row]:
+    gen = torch.Generator().manual_seed(1)
+    d, n = 100, 200
+    x, y = torch.randn(n, d, generator=gen), torch.randn(n, generator=gen)
+    xv, yv = torch.randn(n, d, generator=gen), torch.randn(n, generator=gen)
+    x, y, xv, yv = (t.to(device) for t in (x, y, xv, yv))
+    lam = torch.full((d,), 1.0, device=device)
+
+    def stationarity(w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> Any:
+        return x.T @ (x @ w - y) + lam * w
+
+    @fi.implicit_root(stationarity, argnums=1, solve=fi.CG(maxiter=20, on_failure="ignore"))
+    def ridge(init: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> torch.Tensor:
+        return torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
+
+    def loss(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+        x, y, xv, yv = data
+        return (xv @ ridge(lam, lam, x, y) - yv).square().mean()
+
+    def by_autograd(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+        (g,) = torch.autograd.grad(loss(lam, *data), lam)
+        return g
+
+    def by_func(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.func.grad(loss)(lam, *data)
+        return out
+
+    data = (x, y, xv, yv)
+    ref = by_func(lam.double(), *(t.double() for t in data))
+    rows = [
+        user_code_row(
+            "ridge, d = 100, compiled user code (fullgraph=False): implicit_root + autograd.grad",
+            by_autograd,
+            lambda: (lam.clone().requires_grad_(), *data),
+            repeats,
+            device,
+            ref,
+        ),
+        user_code_row(
+            "ridge, d = 100, compiled user code (fullgraph=False): implicit_root + torch.func.grad",
+            by_func,
+            lambda: (lam.clone(), *data),
+            repeats,
+            device,
+            ref,
+        ),
+    ]
+    theta = _imaml.init_params(0, device)
+    tasks = _imaml.sample_tasks(n_tasks, 1, device)
+    theta64 = {k: v.double() for k, v in theta.items()}
+    reference = _imaml.meta_gradients_vmap(theta64, tuple(t.double() for t in tasks))  # type: ignore[arg-type]
+    rows.append(
+        user_code_row(
+            f"iMAML, {n_tasks} tasks, compiled user code (fullgraph=False): "
+            "implicit_root + vmap(grad)",
+            _imaml.meta_gradients_vmap,
+            lambda: ({k: v.clone() for k, v in theta.items()}, tuple(t.clone() for t in tasks)),
+            repeats,
+            device,
+            reference,
+        )
+    )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def table(rows: list[Row]) -> str:
@@ -267,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="iMAML only, fewer repeats")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--only", choices=["user"], help="user: the compiled-user-code rows only")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -278,11 +392,14 @@ def main(argv: list[str] | None = None) -> None:
     print(header(device, args.quick) + "\n")
     rows: list[Row] = []
     steps: list[Callable[[], list[Row]]] = [lambda: imaml_rows(device, repeats)]
-    if not args.quick:
+    if args.only == "user":
+        steps = [lambda: user_code_rows(device, repeats)]
+    elif not args.quick:
         steps = [
             lambda: [fixed_point_row(device, repeats)],
             lambda: ridge_rows(device, repeats),
             *steps,
+            lambda: user_code_rows(device, repeats),
         ]
     for step in steps:
         torch._dynamo.reset()

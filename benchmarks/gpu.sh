@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# The benchmark suite on a lent CUDA machine, in one command (under 8 minutes on an H100):
+# The test suite, then the benchmark suite, on a lent CUDA machine, in one command (about
+# 12 minutes on an H100, within a 15-minute device budget):
 #
 #     bash benchmarks/gpu.sh            # from the repository root; results under $OUT
 #
 # Writes, under $OUT (default benchmarks/results/gpu, git-ignored):
 #   device.txt          nvidia-smi and what torch sees
+#   tests.log           the test suite on CUDA (python -m pytest --device cuda), stopped after
+#                       300 s so the benchmarks keep their share of the budget
 #   bench/results.md    the tables (plus bench/<section>.md and bench/*.png), as on CPU
 #   bench.log           progress and any traceback
 #
-# The test suite is not run here: its tests build CPU tensors and have no device option, so
-# on this machine they would test the CPU again (CI does that). The benchmark sections check
-# every CUDA result against a reference (the error columns of their tables).
+# The tests run with --device cuda (tests/conftest.py makes CUDA the default device; modules
+# that test the CPU by nature skip themselves), without the slow inductor and typing marks.
+# A test failure is reported in the exit status but does not stop the benchmarks. The
+# benchmark sections check every CUDA result against a reference (the error columns).
 #
-# The run is --quick (16 and 64 iMAML tasks, shorter series: a Python loop over tasks
+# The benchmarks run --quick (16 and 64 iMAML tasks, shorter series: a Python loop over tasks
 # launches thousands of tiny kernels per task, which makes 256 tasks slow on a GPU), with
 # the sections --quick leaves out by default (compiled, inner) named last. results.md is
 # rewritten after every section, so if the time limit stops the run, what was done is kept.
@@ -27,13 +31,24 @@ versions='import torch; print("torch", torch.__version__, "CUDA", torch.version.
 cat "$OUT/device.txt"
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
 
+tests=0
+timeout 300 python -m pytest -q -x --device cuda -m 'not inductor and not typing' \
+    > "$OUT/tests.log" 2>&1 || tests=$?
+tail -n 3 "$OUT/tests.log"
+if [ "$tests" -eq 124 ]; then
+    echo "tests stopped at the time limit (300 s): see $OUT/tests.log"
+fi
+
 status=0
-timeout 450 python benchmarks/run.py --device cuda --quick --out "$OUT/bench" \
+timeout 420 python benchmarks/run.py --device cuda --quick --out "$OUT/bench" \
     --sections ridge logistic imaml deq compiled linear overhead inner auto \
     2> "$OUT/bench.log" > /dev/null || status=$?
 tail -n 5 "$OUT/bench.log"
 if [ "$status" -eq 124 ]; then
     echo "stopped at the time limit: $OUT/bench/results.md has the sections done so far"
 fi
-echo "results: $OUT/bench/results.md"
+echo "results: $OUT/bench/results.md; tests: $OUT/tests.log"
+if [ "$status" -eq 0 ] && [ "$tests" -ne 0 ]; then
+    status="$tests"
+fi
 exit "$status"

@@ -37,7 +37,7 @@ F64 = torch.float64
 
 
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:

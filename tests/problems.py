@@ -24,7 +24,7 @@ F64 = torch.float64
 
 
 def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
 
 
 def orthogonal(n: int, seed: int) -> torch.Tensor:

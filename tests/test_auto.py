@@ -106,7 +106,14 @@ def test_symmetric_falls_back_to_lu() -> None:
     # Declared SPD but indefinite, then non-symmetric: Cholesky fails (or its residual does),
     # LU answers; no warning, the answer is the dense reference.
     n = 10
-    q = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=torch.Generator().manual_seed(0)))[0]
+    q = torch.linalg.qr(
+        torch.randn(
+            n,
+            n,
+            dtype=F64,
+            generator=torch.Generator(device=torch.get_default_device()).manual_seed(0),
+        )
+    )[0]
     indefinite = q @ torch.diag(torch.linspace(-2, 3, n, dtype=F64)) @ q.T
     for a in (indefinite, nonsymmetric(n, 10.0, seed=7)):
         b = rhs(n, seed=8)
@@ -283,7 +290,7 @@ def test_fixed_point_default_against_reference() -> None:
 
 def test_hypergradient_default_compiles_as_one_graph() -> None:
     # fi.hypergradient promises fullgraph compile; its default is now Auto (dense here).
-    g = torch.Generator().manual_seed(40)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(40)
     d = 6
     x, xv = (torch.randn(12, d, dtype=F64, generator=g) for _ in range(2))
     y, yv = (torch.randn(12, dtype=F64, generator=g) for _ in range(2))

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import funcimplicit as fi
+from funcimplicit._rules import kernels
 
 F64 = torch.float64
 
@@ -45,8 +46,11 @@ pytestmark = [
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo() -> None:
+def _fresh_dynamo(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     torch._dynamo.reset()
+    if request.node.get_closest_marker("inductor") is None:
+        # The backward solve the rule compiles for a compiled caller: quick to compile here.
+        monkeypatch.setattr(kernels, "BACKEND", "aot_eager")
 
 
 def test_cg_compiles_without_graph_breaks() -> None:
@@ -113,7 +117,9 @@ LINEAR_SOLVERS = [
 @pytest.mark.parametrize("solver", LINEAR_SOLVERS, ids=lambda s: type(s).__name__)
 def test_every_linear_solver_compiles_as_one_graph(solver: Any) -> None:
     # Neumann needs ||I - A|| < 1: here ||M M^T / 25|| = 0.61, so 80 terms reach 1e-17.
-    m = torch.randn(5, 5, dtype=F64, generator=torch.Generator().manual_seed(0))
+    m = torch.randn(
+        5, 5, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(0)
+    )
     a, b = torch.eye(5, dtype=F64) + m @ m.T / 25, torch.ones(5, dtype=F64)
 
     def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,7 +270,7 @@ def test_fullgraph_through_an_implicit_function_names_the_alternative(
 
 
 def _ridge_problem() -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     x, y = torch.randn(12, 4, generator=g, dtype=F64), torch.randn(12, generator=g, dtype=F64)
     xv, yv = torch.randn(8, 4, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
     return x, y, xv, yv
@@ -315,7 +321,7 @@ def test_hypergradient_compiles_under_vmap_without_recompiling() -> None:
     data = _ridge_problem()
     per_task = torch.func.vmap(_ridge_hypergradient, in_dims=(0, None, None, None, None))
     compiled = torch.compile(per_task, fullgraph=True, backend="aot_eager")
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(1)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(3):  # new values, same shapes: one compilation serves every call
             lams = torch.rand(5, 4, generator=g, dtype=F64) + 0.05
@@ -326,6 +332,159 @@ def test_hypergradient_compiles_under_vmap_without_recompiling() -> None:
                     grad, _ridge_reference(lam, *data), rtol=1e-9, atol=1e-13
                 )
             assert bool(converged.all())
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled user code around implicit_root: one compilation for every call with new tensors.
+# Before the rule's packing ran eagerly, dynamo traced it, guarded on id() of per-call tensors
+# ("Cache line invalidated because L['z'] got deallocated") and recompiled on every call until
+# its recompile limit, then ran eagerly.
+
+
+@fi.implicit_root(_stationarity, argnums=1, solve=fi.CG(maxiter=8, rtol=1e-13))
+def _ridge(init: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> torch.Tensor:
+    w: torch.Tensor = torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
+    return w
+
+
+def _ridge_loss(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+    x, y, xv, yv = data
+    return (xv @ _ridge(lam, lam, x, y) - yv).square().mean()
+
+
+def _by_autograd(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+    (g,) = torch.autograd.grad(_ridge_loss(lam, *data), lam)
+    return g
+
+
+def _by_func(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = torch.func.grad(_ridge_loss)(lam, *data)
+    return out
+
+
+def _recompiles() -> int:
+    return int(sum(torch._dynamo.utils.counters["recompiles"].values()))
+
+
+@pytest.mark.parametrize("how", ["autograd.grad", "func.grad", "backward"])
+def test_compiled_user_code_does_not_recompile_and_equals_eager(how: str) -> None:
+    data = _ridge_problem()
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(2)
+
+    def via_backward(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+        _ridge_loss(lam, *data).backward()  # type: ignore[no-untyped-call]
+        assert lam.grad is not None
+        return lam.grad
+
+    fn = {"autograd.grad": _by_autograd, "func.grad": _by_func, "backward": via_backward}[how]
+    compiled = torch.compile(fn, backend="aot_eager")
+
+    def fresh() -> torch.Tensor:
+        lam = torch.rand(4, generator=g, dtype=F64) + 0.05
+        return lam if how == "func.grad" else lam.requires_grad_()
+
+    compiled(fresh(), *data)
+    before = _recompiles()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):  # new tensors, same shapes: the first compilation serves every call
+            lam = fresh()
+            got = compiled(lam, *data)
+            want = fn(lam.detach().clone().requires_grad_(lam.requires_grad), *data)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(
+                got, _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13
+            )
+    assert _recompiles() == before
+
+
+def test_compiled_user_code_uses_a_compiled_backward_solve_once_per_operator() -> None:
+    # A classic first-order backward of a compiled call solves A^T u = v with a compiled
+    # solve, reused by every later call (also with new, equal solver and wrapper objects:
+    # fi.minimize builds its optimality function per call).
+    data = _ridge_problem()
+    x, y, xv, yv = data
+
+    def objective(w: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x @ w - y).square().sum() + 0.5 * (lam * w * w).sum()
+
+    def by_minimize(lam: torch.Tensor) -> torch.Tensor:
+        start = torch.zeros(4, dtype=F64)
+        method = fi.Newton(solve=fi.LU(), maxiter=5)
+        w = fi.minimize(objective, start, lam, method=method, solve=fi.CG(maxiter=6)).value
+        (g,) = torch.autograd.grad((xv @ w - yv).square().mean(), lam)
+        return g
+
+    calls = kernels.compiled_calls
+    for fn in (lambda lam: _by_autograd(lam, *data), by_minimize):
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend="aot_eager")
+        compiled(torch.ones(4, dtype=F64, requires_grad=True))
+        before = _recompiles()
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for scale in (0.5, 2.0):
+                lam = torch.full((4,), scale, dtype=F64, requires_grad=True)
+                torch.testing.assert_close(
+                    compiled(lam), _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13
+                )
+        assert _recompiles() == before
+    assert kernels.compiled_calls == calls + 6
+    # Eager calls never compile anything.
+    by_minimize(torch.ones(4, dtype=F64, requires_grad=True))
+    assert kernels.compiled_calls == calls + 6
+
+
+def test_compiled_user_code_still_refuses_a_non_finite_cotangent() -> None:
+    # The compiled backward solve checks the cotangent inside its graph: same error as eager.
+    data = _ridge_problem()
+
+    def nan_loss(lam: torch.Tensor, *data: torch.Tensor) -> torch.Tensor:
+        x, y, _, _ = data
+        w = _ridge(lam, lam, x, y)
+        (g,) = torch.autograd.grad((w * torch.tensor(float("nan"), dtype=F64)).sum(), lam)
+        return g
+
+    compiled = torch.compile(nan_loss, backend="aot_eager")
+    lam = torch.ones(4, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="cotangent of the solution contains NaN"):
+        compiled(lam, *data)
+
+
+def test_compiled_backward_solve_falls_back_to_eager_where_it_cannot_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # E.g. inductor without a working C++ compiler: one warning, then the eager solve.
+    def broken(graph: Any, inputs: Any) -> Any:
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(kernels, "BACKEND", broken)
+    data = _ridge_problem()
+    compiled = torch.compile(_by_autograd, backend="aot_eager")
+    lam = torch.ones(4, dtype=F64, requires_grad=True)
+    with pytest.warns(UserWarning, match="runs eagerly instead"):
+        got = compiled(lam, *data)
+    torch.testing.assert_close(got, _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13)
+    got = compiled(lam, *data)  # not retried, no second warning (filterwarnings=error)
+    torch.testing.assert_close(got, _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13)
+
+
+def test_compiled_user_code_under_vmap_of_grad_does_not_recompile() -> None:
+    # iMAML's pattern: vmap over tasks of grad of an outer loss through implicit_root. On
+    # torch 2.13 dynamo runs the transforms eagerly (the rule is not traceable); the call
+    # must still compile once and give eager's values.
+    data = _ridge_problem()
+    per_task = torch.func.vmap(_by_func, in_dims=(0, None, None, None, None))
+    compiled = torch.compile(per_task, backend="aot_eager")
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(3)
+    compiled(torch.rand(3, 4, generator=g, dtype=F64) + 0.05, *data)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            lams = torch.rand(3, 4, generator=g, dtype=F64) + 0.05
+            grads = compiled(lams, *data)
+            torch.testing.assert_close(grads, per_task(lams, *data), rtol=1e-12, atol=1e-15)
+            for lam, grad in zip(lams, grads, strict=True):
+                torch.testing.assert_close(
+                    grad, _ridge_reference(lam, *data), rtol=1e-9, atol=1e-13
+                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,6 +521,14 @@ def test_inductor_compiles_solvers_and_a_vmapped_hypergradient() -> None:
 
     data = _ridge_problem()
     per_task = torch.func.vmap(_ridge_hypergradient, in_dims=(0, None, None, None, None))
-    lams = torch.rand(3, 4, generator=torch.Generator().manual_seed(2), dtype=F64) + 0.1
+    lams = (
+        torch.rand(
+            3,
+            4,
+            generator=torch.Generator(device=torch.get_default_device()).manual_seed(2),
+            dtype=F64,
+        )
+        + 0.1
+    )
     grads, _ = torch.compile(per_task, fullgraph=True)(lams, *data)
     torch.testing.assert_close(grads, per_task(lams, *data)[0], rtol=1e-10, atol=1e-14)

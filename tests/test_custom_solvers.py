@@ -25,13 +25,13 @@ TreeT = TypeVar("TreeT", bound=fi.TensorTree)
 
 
 def _spd(n: int = 4, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     m = torch.randn(n, n, generator=g, dtype=F64)
     return m @ m.T + n * torch.eye(n, dtype=F64)
 
 
 def _nonsym(n: int = 4, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     return torch.randn(n, n, generator=g, dtype=F64) + n * torch.eye(n, dtype=F64)
 
 
@@ -236,7 +236,7 @@ def _ridge_optimality(w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: to
 
 
 def _ridge_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(3)
     x = torch.randn(6, 3, generator=g, dtype=F64)
     y = torch.randn(6, generator=g, dtype=F64)
     return torch.tensor(0.7, dtype=F64), x, y

@@ -94,7 +94,7 @@ per_task_meta_gradients = torch.func.vmap(torch.func.grad(meta_loss), in_dims=(N
 
 def make_tasks() -> Tasks:
     """``TASKS`` regression tasks ``y = tanh(x . w_task) + noise``, each its own ``w_task``."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     w = torch.randn(TASKS, DIM, generator=gen, dtype=F64)
     x = torch.randn(TASKS, SUPPORT + QUERY, DIM, generator=gen, dtype=F64)
     noise = 0.1 * torch.randn(TASKS, SUPPORT + QUERY, generator=gen, dtype=F64)

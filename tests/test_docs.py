@@ -84,6 +84,18 @@ def _page_param(page: str) -> object:
                 "ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning"
             )
         )
+        # The compiled backward solve of a compiled caller uses inductor, whose CPU code
+        # generation calls APIs torch 2.13 itself deprecates (as in test_compile.py).
+        marks.append(
+            pytest.mark.filterwarnings(
+                "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+            )
+        )
+        marks.append(
+            pytest.mark.filterwarnings(
+                "ignore:`torch._prims_common.check` is deprecated:FutureWarning"
+            )
+        )
     return pytest.param(page, marks=marks, id=page)
 
 

@@ -21,7 +21,7 @@ F64 = torch.float64
 
 
 def _ridge_data(seed: int = 0, n: int = 30, d: int = 5) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     x, y = torch.randn(n, d, generator=g, dtype=F64), torch.randn(n, generator=g, dtype=F64)
     xv, yv = torch.randn(20, d, generator=g, dtype=F64), torch.randn(20, generator=g, dtype=F64)
     return x, y, xv, yv
@@ -105,7 +105,7 @@ def logistic_condition(
 
 
 def test_nonlinear_pytree_root_matches_finite_differences() -> None:
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(3)
     x = torch.randn(40, 3, generator=g, dtype=F64)
     y = torch.sign(x[:, 0] + 0.3 * torch.randn(40, generator=g, dtype=F64))
     xv = torch.randn(25, 3, generator=g, dtype=F64)
@@ -127,7 +127,15 @@ def test_nonlinear_pytree_root_matches_finite_differences() -> None:
 
 def test_vmap_over_tasks_equals_a_loop() -> None:
     x, y, xv, yv = _ridge_data(seed=2)
-    lams = torch.rand(6, 5, generator=torch.Generator().manual_seed(0), dtype=F64) + 0.05
+    lams = (
+        torch.rand(
+            6,
+            5,
+            generator=torch.Generator(device=torch.get_default_device()).manual_seed(0),
+            dtype=F64,
+        )
+        + 0.05
+    )
 
     def meta_gradient(lam: torch.Tensor) -> torch.Tensor:
         def val_loss(w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> Any:

@@ -284,7 +284,7 @@ def test_fixed_point_closure_gets_its_gradient() -> None:
 def _hard_ridge() -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     # Features on very different scales: A = X^T X + diag(lam) is ill-conditioned, so CG with a
     # single iteration cannot reach the 1e-10 relative tolerance.
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     X = torch.randn(12, 4, dtype=F64, generator=gen) * torch.tensor(
         [1.0, 10.0, 100.0, 0.1], dtype=F64
     )

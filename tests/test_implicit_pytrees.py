@@ -80,7 +80,12 @@ def _expected_grads(args: Any, x: torch.Tensor) -> list[torch.Tensor]:
 def _tensor(shape: tuple[int, ...]) -> st.SearchStrategy[torch.Tensor]:
     return st.integers(0, 10**6).map(
         lambda seed: (
-            0.5 * torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+            0.5
+            * torch.randn(
+                shape,
+                dtype=F64,
+                generator=torch.Generator(device=torch.get_default_device()).manual_seed(seed),
+            )
         )
     )
 
@@ -243,7 +248,7 @@ _solution_tree = st.recursive(
 def test_solution_structure_preserved(shapes: Any, seed: int) -> None:
     # The solution has the structure of init; derivatives flow to every leaf (elementwise root
     # x + 0.1 x^3 = tanh(a) per leaf: dx/da = sech^2(a) / (1 + 0.3 x^2)).
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     is_shape = lambda s: isinstance(s, tuple) and all(isinstance(d, int) for d in s)  # noqa: E731
     a = optree.tree_map(
         lambda s: torch.randn(s, dtype=F64, generator=gen), shapes, is_leaf=is_shape
@@ -329,8 +334,15 @@ def test_func_grad_only_through_argnums() -> None:
 def test_data_without_requires_grad() -> None:
     # Params require grad, data do not: the data get no .grad, the result still carries grad.
     lam = torch.tensor([0.7, 1.1, 0.9, 1.3], dtype=F64, requires_grad=True)
-    X = torch.randn(12, 4, dtype=F64, generator=torch.Generator().manual_seed(3))
-    y = torch.randn(12, dtype=F64, generator=torch.Generator().manual_seed(4))
+    X = torch.randn(
+        12,
+        4,
+        dtype=F64,
+        generator=torch.Generator(device=torch.get_default_device()).manual_seed(3),
+    )
+    y = torch.randn(
+        12, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(4)
+    )
     from implicit_problems import RIDGE
 
     w = RIDGE.solve(lam, (X, y))

@@ -28,7 +28,7 @@ METHODS = inner_methods.methods("fixed_point")
 
 
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
 
 
 class Counter:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logistic_data(seed: int, n: int = 30, d: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     X = torch.randn(n, d, dtype=F64, generator=g)
     w_true = torch.randn(d, dtype=F64, generator=g)
     y = (torch.rand(n, dtype=F64, generator=g) < torch.sigmoid(X @ w_true)).to(F64)

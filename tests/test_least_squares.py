@@ -33,7 +33,7 @@ def exp_residual(p: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 def exp_data(seed: int, noise: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
     """Data with noise: the residual at the fit is far from zero (a non-zero residual problem)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     t = torch.linspace(0, 2, 12, dtype=F64)
     y = 2.0 * torch.exp(-1.3 * t) + 0.5 + noise * torch.randn(12, dtype=F64, generator=g)
     return t, y
@@ -104,7 +104,9 @@ def test_derivative_in_data_is_exact_for_nonzero_residual(name: str) -> None:
     torch.testing.assert_close(jac, fd, rtol=1e-6, atol=1e-8)
 
     # forward mode, along a random direction
-    direction = torch.randn(12, dtype=F64, generator=torch.Generator().manual_seed(5))
+    direction = torch.randn(
+        12, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(5)
+    )
     tangent = jvp(solution, (y,), (direction,))[1]
     torch.testing.assert_close(tangent, fd @ direction, rtol=1e-6, atol=1e-8)
 
@@ -218,7 +220,9 @@ def test_second_derivative_matches_second_differences_of_reference() -> None:
     """d^2 b* / ds^2 for data moved to y + s v (second order through the rule, which keeps
     the residual's second derivatives), against second central differences of the reference."""
     t, y = exp_data(1)
-    v = torch.randn(12, dtype=F64, generator=torch.Generator().manual_seed(9))
+    v = torch.randn(
+        12, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(9)
+    )
 
     def rate(s: torch.Tensor) -> torch.Tensor:
         data = y + s * v

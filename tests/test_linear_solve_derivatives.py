@@ -360,7 +360,7 @@ class Sentinel:
 def test_pytree_rhs_and_dict_args() -> None:
     """``b`` a dict of a vector and a 0-d leaf; args a dict mixing tensors and non-tensors."""
     sentinel = Sentinel()
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     coupling = nonsymmetric(4, 10.0, 3)
     shift = torch.rand(4, dtype=F64, generator=gen) + 0.5
     bu = torch.randn(3, dtype=F64, generator=gen)
@@ -429,7 +429,14 @@ def test_data_argument_gets_no_gradient(solver: Any) -> None:
 def test_same_tensor_as_rhs_and_argument(case: Case) -> None:
     """``x = (A0 + diag(c))^{-1} c``: the same tensor ``c`` is ``b`` and an argument."""
     a0 = nonsymmetric(N, 10.0, 1)
-    c = torch.rand(N, dtype=F64, generator=torch.Generator().manual_seed(1)) + 0.5
+    c = (
+        torch.rand(
+            N,
+            dtype=F64,
+            generator=torch.Generator(device=torch.get_default_device()).manual_seed(1),
+        )
+        + 0.5
+    )
 
     def matvec(v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return a0 @ v + c * v
@@ -477,7 +484,7 @@ def test_init_is_not_differentiated() -> None:
 
 def test_normal_cg_least_squares() -> None:
     m, n = 7, 4
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     a = torch.randn(m, n, dtype=F64, generator=gen)
     b = torch.randn(m, dtype=F64, generator=gen)
     solver = fi.NormalCG(rtol=1e-12)

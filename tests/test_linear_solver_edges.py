@@ -23,7 +23,7 @@ NAN = float("nan")
 
 
 def _spd(n: int = 4) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     m = torch.randn(n, n, generator=g, dtype=F64)
     return m @ m.T + n * torch.eye(n, dtype=F64)
 
@@ -213,7 +213,7 @@ def test_gmres_stops_on_stagnation_for_an_inconsistent_singular_system() -> None
 
 
 def test_gmres_stagnation_with_small_restart() -> None:
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(5)
     basis = torch.randn(8, 8, generator=g, dtype=F64) + 3 * torch.eye(8, dtype=F64)
     eig = torch.tensor([1.0, 2, 3, 4, 5, 6, 7, 0], dtype=F64)
     a = basis @ torch.diag(eig) @ torch.linalg.inv(basis)
@@ -234,7 +234,7 @@ def test_gmres_consistent_singular_system_still_converges() -> None:
 
 
 def test_gmres_slow_but_steady_progress_is_not_stagnation() -> None:
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(7)
     a = torch.diag(torch.linspace(1, 1000, 50, dtype=F64)) + 0.5 * torch.randn(
         50, 50, generator=g, dtype=F64
     )
@@ -281,7 +281,7 @@ def _diag_solve(d: torch.Tensor, b: torch.Tensor, make: Any) -> torch.Tensor:
 
 
 def _tasks() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(11)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(11)
     d = torch.rand(3, 4, generator=g, dtype=F64) + 1.0
     b = torch.randn(3, 4, generator=g, dtype=F64)
     return d, b

@@ -160,7 +160,9 @@ def test_warm_start(entry: Entry) -> None:
     b = rhs(n, 11)
     m, c = effective_system(entry.solver, a, b)
     exact = torch.linalg.solve(m, c)
-    noise = torch.randn(n, dtype=F64, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(
+        n, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(0)
+    )
     near = exact + 1e-6 * exact.norm() * noise / noise.norm()
     near_before = near.clone()
 
@@ -218,7 +220,7 @@ def test_leaves_coupled_closed_form(entry: Entry) -> None:
     Closed form: ``w = b_w / 3``, ``u = (b_u - C w) / 2``. A solver that treated each leaf as
     its own system (dropping ``C``) would get ``u = b_u / 2``.
     """
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(2)
     coupling = torch.randn(3, 2, dtype=F64, generator=gen) * 0.3  # small: Neumann converges
 
     def matvec(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -245,7 +247,7 @@ def test_leaves_coupled_closed_form(entry: Entry) -> None:
 )
 def test_leaves_coupled_symmetric(entry: Entry) -> None:
     """A symmetric coupling ``[[2I, C], [C^T, 3I]]`` across a tuple of leaves, dense reference."""
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(3)
     coupling = torch.randn(3, 2, dtype=F64, generator=gen) * 0.4
 
     def matvec(v: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -431,7 +433,12 @@ def test_atol_dominates(entry: Entry) -> None:
 
 def skew_matrix(n: int, seed: int) -> torch.Tensor:
     """Strongly non-symmetric with a positive definite symmetric part: ``I + 3 K``, K skew."""
-    g = torch.randn(n, n, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    g = torch.randn(
+        n,
+        n,
+        dtype=F64,
+        generator=torch.Generator(device=torch.get_default_device()).manual_seed(seed),
+    )
     k = (g - g.mT) / math.sqrt(2 * n)
     return torch.eye(n, dtype=F64) + 3 * k
 
@@ -463,7 +470,12 @@ def test_cholesky_on_nonsymmetric_is_reported() -> None:
 @given(n=st.integers(2, 12), seed=st.integers(0, 10_000), skew=st.floats(0.5, 5.0))
 def test_cg_never_silently_wrong(n: int, seed: int, skew: float) -> None:
     """On a non-symmetric ``A`` CG may fail, but a result flagged converged is right."""
-    g = torch.randn(n, n, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    g = torch.randn(
+        n,
+        n,
+        dtype=F64,
+        generator=torch.Generator(device=torch.get_default_device()).manual_seed(seed),
+    )
     a = torch.eye(n, dtype=F64) + skew * (g - g.mT) / math.sqrt(2 * n) + 0.3 * g / math.sqrt(n)
     b = rhs(n, seed)
     result = fi.CG().run(lambda v: a @ v, b)
@@ -559,7 +571,7 @@ def test_jacobi_preconditioner_reduces_iterations(name: str) -> None:
 def test_jacobi_preconditioner_neumann() -> None:
     """Jacobi iteration: Neumann with ``M = D^-1`` on a diagonally dominant ``A``."""
     n = 20
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(1)
     a = torch.diag(torch.logspace(0, 3, n, dtype=F64)) + 0.3 * torch.randn(
         n, n, dtype=F64, generator=gen
     ) / math.sqrt(n)

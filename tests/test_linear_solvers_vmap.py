@@ -308,7 +308,9 @@ def test_vmap_direct_call_reports_failed_elements() -> None:
 def test_vmap_cg_nonsymmetric_element_is_flagged() -> None:
     """One non-symmetric element in a CG batch is flagged; the others are as if solved alone."""
     n = 8
-    g = torch.randn(n, n, dtype=F64, generator=torch.Generator().manual_seed(4))
+    g = torch.randn(
+        n, n, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(4)
+    )
     skew = torch.eye(n, dtype=F64) + 3 * (g - g.mT) / math.sqrt(2 * n)
     a = torch.stack([spd(n, 10.0, 0), skew, spd(n, 100.0, 1)])
     b = torch.stack([rhs(n, i) for i in range(3)])

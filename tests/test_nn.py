@@ -93,7 +93,7 @@ class Ridge(fi.nn.ImplicitMetaGradientModule):
 
 
 def ridge_data(seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     X = torch.randn(12, 4, generator=g, dtype=D)
     y = torch.randn(12, generator=g, dtype=D)
     Xv = torch.randn(6, 4, generator=g, dtype=D)
@@ -193,7 +193,7 @@ class Proximal(fi.nn.ImplicitMetaGradientModule, solve=fi.CG(maxiter=200)):
 
 
 def task(seed: int) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     x, xq = torch.randn(8, 2, generator=g, dtype=D), torch.randn(8, 2, generator=g, dtype=D)
     a = torch.randn(2, 1, generator=g, dtype=D)
     return x, torch.sin(x @ a), xq, torch.sin(xq @ a)
@@ -327,7 +327,7 @@ class FixedPointLayer(fi.nn.ImplicitMetaGradientModule):
 
 
 def test_user_optimality_fixed_point_matches_dense_reference() -> None:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     W = (0.3 * torch.randn(3, 3, generator=g, dtype=D)).requires_grad_()
     x = torch.randn(3, generator=g, dtype=D)
     layer = FixedPointLayer(W)

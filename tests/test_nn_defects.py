@@ -27,7 +27,7 @@ D = torch.float64
 
 
 def data(seed: int = 0, n: int = 10, d: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     return torch.randn(n, d, generator=g, dtype=D), torch.randn(n, generator=g, dtype=D)
 
 

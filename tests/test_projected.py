@@ -24,7 +24,7 @@ MARGIN = 1e-3  # strict complementarity margin for a non-degenerate reference
 
 
 def spd(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     A = torch.randn(n, n, dtype=F64, generator=g)
     return A @ A.T + 0.5 * torch.eye(n, dtype=F64)
 
@@ -107,7 +107,7 @@ def central_difference(
 
 def box_problem(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     Q = spd(4, seed)
-    g = torch.Generator().manual_seed(seed + 100)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed + 100)
     c = 1.5 * torch.randn(4, dtype=F64, generator=g)
     lo = -0.2 - torch.rand(4, dtype=F64, generator=g)
     hi = 0.2 + torch.rand(4, dtype=F64, generator=g)
@@ -156,7 +156,12 @@ def test_box_qp_solution_and_derivatives_against_active_set_enumeration(seed: in
 
     # forward mode, all three at once
     tangents = tuple(
-        torch.randn(4, dtype=F64, generator=torch.Generator().manual_seed(k)) for k in range(3)
+        torch.randn(
+            4,
+            dtype=F64,
+            generator=torch.Generator(device=torch.get_default_device()).manual_seed(k),
+        )
+        for k in range(3)
     )
     tangent = jvp(solution, (c, lo, hi), tangents)[1]
     want = fds[0] @ tangents[0] + fds[1] @ tangents[1] + fds[2] @ tangents[2]
@@ -218,7 +223,7 @@ def test_l2_ball_closed_form_and_radius_derivative() -> None:
 def test_nonnegative_least_squares_matches_enumeration() -> None:
     """Nonnegative least squares through fi.least_squares with ProjectedGradient: the box
     [0, inf) enumeration with the normal-equation quadratic."""
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(3)
     A = torch.randn(8, 4, dtype=F64, generator=g)
     b = torch.randn(8, dtype=F64, generator=g)
     Q, c = A.T @ A, -A.T @ b
@@ -274,7 +279,7 @@ def test_vmap_grad_over_bounds_equals_python_loop() -> None:
 def test_projections_satisfy_their_variational_inequality(seed: int) -> None:
     """z = P(x) iff z in C and (x - z) . (y - z) <= 0 for all y in C: checked against random
     points of each set (an independent characterization, not the algorithm)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     x = 3 * torch.randn(6, dtype=F64, generator=g)
     lo, hi = -torch.rand(6, dtype=F64, generator=g), torch.rand(6, dtype=F64, generator=g)
     radius = torch.tensor(1.3, dtype=F64)

@@ -39,7 +39,7 @@ def dense_transpose_product(x: dict[str, torch.Tensor], u: dict[str, torch.Tenso
 
 @pytest.fixture
 def point() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     x = {
         "a": torch.randn(3, generator=gen, dtype=F64),
         "b": torch.randn(2, generator=gen, dtype=F64),
@@ -98,7 +98,7 @@ def test_classic_backward_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
         )
         return w
 
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(1)
     x = torch.randn(12, 4, generator=gen, dtype=F64)
     lam = torch.full((4,), 0.5, dtype=F64, requires_grad=True)
     monkeypatch.setattr(eager_transforms, "_autograd_grad", counting)

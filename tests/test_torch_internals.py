@@ -105,7 +105,7 @@ def test_saved_tensor_hooks_are_set_aside_and_restored() -> None:
 
 
 def _spd(n: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(0)
     m = torch.randn(n, n, generator=g, dtype=f64)
     return m @ m.T + n * torch.eye(n, dtype=f64)
 

@@ -205,7 +205,7 @@ def _reference_kind(callback: str) -> str:
 
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     w = torch.eye(N, dtype=F64) - contraction(N, 0.5, seed)  # spectral radius 0.5
     x = torch.randn(N, generator=g, dtype=F64)
     weights = torch.rand(N, generator=g, dtype=F64) + 0.5
@@ -243,7 +243,9 @@ def test_func_grad(callback: str, pattern: str) -> None:
 @pytest.mark.parametrize(("callback", "pattern"), CASES)
 def test_jvp(callback: str, pattern: str) -> None:
     w0, x, _ = _data()
-    dw = torch.randn(N, N, generator=torch.Generator().manual_seed(5), dtype=F64)
+    dw = torch.randn(
+        N, N, generator=torch.Generator(device=torch.get_default_device()).manual_seed(5), dtype=F64
+    )
     got = torch.func.jvp(lambda w: CALLBACKS[callback](pattern, w, x), (w0,), (dw,))[1]
     want = torch.func.jvp(lambda w: reference(_reference_kind(callback), w, x), (w0,), (dw,))[1]
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
@@ -297,7 +299,9 @@ def test_hessian(callback: str, pattern: str) -> None:
 @pytest.mark.parametrize(("callback", "pattern"), SECOND_ORDER_CASES)
 def test_double_backward(callback: str, pattern: str) -> None:
     w0, x, weights = _data()
-    direction = torch.randn(N, N, generator=torch.Generator().manual_seed(7), dtype=F64)
+    direction = torch.randn(
+        N, N, generator=torch.Generator(device=torch.get_default_device()).manual_seed(7), dtype=F64
+    )
 
     def second(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         w = w0.clone().requires_grad_()
@@ -348,7 +352,9 @@ def _unrolled_grads(cell: _DEQCell, x: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("entry", ["fixed_point", "solve_fixed_point"])
 def test_module_cell_parameters_get_exact_gradients(entry: str) -> None:
     cell = _DEQCell(4)
-    x = torch.randn(5, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(
+        5, 4, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(1)
+    )
     if entry == "fixed_point":
 
         @fi.fixed_point(cell)
@@ -534,7 +540,9 @@ def test_module_cell_under_torch_func_with_functional_call() -> None:
     # The documented torch.func pattern: the parameters are the function's input, the cell is
     # called through functional_call inside the fixed-point map.
     cell = _DEQCell(4)
-    x = torch.randn(5, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(
+        5, 4, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(1)
+    )
     params = {k: v.detach() for k, v in cell.named_parameters()}
 
     def loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -556,7 +564,9 @@ def test_inner_iterations_record_nothing_through_module_parameters() -> None:
     # callback reads parameters that require grad: what the forward pass saves for backward
     # does not grow with the number of iterations (it did, through the module's parameters).
     cell = _DEQCell(4)
-    x = torch.randn(5, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(
+        5, 4, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(1)
+    )
 
     def saved_bytes(rtol: float) -> tuple[int, int]:
         storages: dict[int, int] = {}

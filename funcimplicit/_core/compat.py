@@ -35,6 +35,7 @@ __all__ = [
     "is_compiling",
     "is_transformed",
     "never_compiled",
+    "never_traced",
     "physical",
     "rebatch",
     "register_dataclass",
@@ -190,6 +191,20 @@ def never_compiled(rule: RuleT) -> RuleT:
     Function), so nothing is lost.
     """
     return cast(RuleT, torch.compiler.disable(rule))  # type: ignore[no-untyped-call]
+
+
+def never_traced(reason: str) -> Callable[[RuleT], RuleT]:
+    """Run a function eagerly even when its caller is compiled (a graph break at its call).
+
+    For code that dynamo must not trace because tracing it would guard on per-call objects
+    (and so recompile on every call). With ``fullgraph=True`` the compile fails with
+    ``reason`` in its message.
+    """
+
+    def decorate(fn: RuleT) -> RuleT:
+        return cast(RuleT, torch.compiler.disable(fn, reason=reason))  # type: ignore[no-untyped-call]
+
+    return decorate
 
 
 @contextlib.contextmanager

@@ -85,7 +85,7 @@ class LinearProblem:
         return lambda v: self.matvec(v, *args)
 
 
-def _run(
+def run_square(
     solver: LinearSolverBase,
     operator: Callable[[Any], Any],
     rhs: Any,
@@ -141,7 +141,7 @@ class _LinearSolveFunction(torch.autograd.Function):
             solution = init
         else:
             operator = problem.operator(rhs, args)
-            result = _run(problem.solver, operator, rhs, init, problem.orientation())
+            result = run_square(problem.solver, operator, rhs, init, problem.orientation())
             report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
             solution = result.solution
         leaves, _ = _tree.flatten(solution)
@@ -236,7 +236,7 @@ def solve_tree(
     """
     if not differentiable or not derivatives_possible():
         operator = problem.operator(rhs, args)
-        result = _run(problem.solver, operator, rhs, init, problem.orientation())
+        result = run_square(problem.solver, operator, rhs, init, problem.orientation())
         report(result, problem.solver.on_failure, problem.label, problem.solver.failure_hint)
         return result.solution
     # Solve here, at the caller's torch.func levels, on detached values; the Function only
@@ -268,7 +268,7 @@ def _run_detached(
     """``solver.run`` on detached values, recording nothing, reported; the solution tree."""
     rhs, args, init = _tree.detached((rhs, args, init))
     with torch.no_grad():
-        result = _run(solver, operator(rhs, args), rhs, init, adjoint)
+        result = run_square(solver, operator(rhs, args), rhs, init, adjoint)
     report(result, solver.on_failure, label, solver.failure_hint)
     return result.solution
 

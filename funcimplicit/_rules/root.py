@@ -43,13 +43,15 @@ from .._core.compat import (
     is_compiling,
     is_transformed,
     never_compiled,
+    never_traced,
     physical,
     transform_levels,
     without_saved_tensor_hooks,
 )
-from .._core.result import ConvergenceError, ConvergenceWarning
+from .._core.result import ConvergenceError, ConvergenceWarning, report
 from .._linear.base import LinearSolverBase
 from .derivatives import check_finite, forward_solve, transposed_solve
+from .kernels import compiled_adjoint, plain
 from .linear import solve_tree
 from .packing import ArgsLayout, TensorPool, TreeLayout
 
@@ -109,6 +111,7 @@ class RootProblem:
     differentiable: frozenset[int]  # packed indices of explicit tensors that get derivatives
     captured: tuple[str, ...]  # what T reaches besides them (refused for second order)
     level: int | None  # the innermost differentiating torch.func level at attach time
+    compiled: bool = False  # attached while dynamo traced the caller (torch.compile)
 
     def second_order(self, tensors: Sequence[torch.Tensor]) -> bool:
         """Whether what the rule computes now may itself be differentiated."""
@@ -183,25 +186,39 @@ class _ImplicitRootFunction(torch.autograd.Function):
             problem.solution.spec,
             [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outputs, strict=True)],
         )
-        check_finite(
-            v,
+        not_finite = (
             f"{problem.label}: the cotangent of the solution contains NaN or Inf; the outer "
-            "loss or its gradient is not finite.",
+            "loss or its gradient is not finite."
         )
         solution = _tree.unflatten(problem.solution.spec, list(outputs))
         args = problem.args.rebuild(tensors)
         second = problem.second_order([*outputs, *_tree.flatten(v)[0]])
-        if second:
-            problem.refuse_captured()
-        # With captured tensors, a first-order solve runs directly, not through linear_solve's
-        # Function: that forward runs below the current torch.func level, where a tensor T
-        # captured from that level cannot be read (a torch INTERNAL ASSERT under vmap(grad)).
-        u = solve_tree(
-            transposed_solve(problem.optimality_fn, problem.solve, problem.label),
-            v,
-            (solution, *args),
-            differentiable=second or not problem.captured,
-        )
+        transposed = transposed_solve(problem.optimality_fn, problem.solve, problem.label)
+        u = None
+        if problem.compiled and not second and _classic_first_order([*outputs, *tensors, *grads]):
+            # The caller was compiled: A^T u = v by a solve compiled once per operator, and
+            # one host read for both checks (finite cotangent, converged solve).
+            outcome = compiled_adjoint(problem.optimality_fn, problem.solve, solution, args, v)
+            if outcome is not None:
+                adjoint, finite = outcome
+                finite_ok, converged = torch.stack([finite, adjoint.converged.all()]).tolist()
+                if not finite_ok:
+                    raise ValueError(not_finite)
+                if not converged:
+                    solver = problem.solve
+                    report(adjoint, solver.on_failure, transposed.label, solver.failure_hint)
+                u = adjoint.solution
+        if u is None:
+            check_finite(v, not_finite)
+            if second:
+                problem.refuse_captured()
+            # With captured tensors, a first-order solve runs directly, not through
+            # linear_solve's Function: that forward runs below the current torch.func level,
+            # where a tensor T captured from that level cannot be read (a torch INTERNAL
+            # ASSERT under vmap(grad)).
+            u = solve_tree(
+                transposed, v, (solution, *args), differentiable=second or not problem.captured
+            )
         minus_u = _tree.scale(-1.0, u)
         for k, g in enumerate(_tree.flatten(minus_u)[0]):
             result[k] = g
@@ -248,6 +265,14 @@ class _ImplicitRootFunction(torch.autograd.Function):
             differentiable=second or not problem.captured,
         )
         return tuple(_tree.flatten(s)[0])
+
+
+def _classic_first_order(tensors: Sequence[Any]) -> bool:
+    """Whether the backward runs in plain classic autograd: no ``torch.func`` transform, no
+    forward-AD level, grad mode off, and only plain tensors (what compiled code can take)."""
+    if torch.is_grad_enabled() or forward_ad_level() >= 0 or transform_levels() != []:
+        return False
+    return plain(tensors)
 
 
 def _unpack(ctx: Any) -> tuple[list[Any], tuple[torch.Tensor, ...]]:
@@ -345,9 +370,17 @@ def attach(
         _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
     if not is_compiling() and not _carries_derivatives(_tree.flatten(z)[0]):
         return x
-    return _apply_rule(optimality_fn, solve, label, z, x, args, chosen)
+    # Called with a constant: the packing below runs eagerly (see _apply_rule).
+    return _apply_rule(optimality_fn, solve, label, z, x, args, chosen, is_compiling())
 
 
+@never_traced(
+    "fi.implicit_root / fi.fixed_point: torch.compile(..., fullgraph=True) cannot trace through "
+    "an implicit function on this torch: dynamo does not support an autograd.Function with a "
+    "custom jvp rule, which carries the implicit derivative. Compile without fullgraph=True "
+    "(the rule then runs eagerly and is correct), or, for a meta-gradient compiled as one "
+    "graph (also under vmap), use fi.hypergradient, which is written with plain operations."
+)
 def _apply_rule(
     optimality_fn: Callable[..., Any],
     solve: LinearSolverBase,
@@ -356,8 +389,17 @@ def _apply_rule(
     x: Any,
     args: tuple[Any, ...],
     chosen: set[int],
+    compiled: bool = False,
 ) -> Any:
-    """Pack ``z``, the solution and the arguments into the rule's Function."""
+    """Pack ``z``, the solution and the arguments into the rule's Function.
+
+    Never traced by dynamo: the Function breaks the caller's graph anyway, and tracing the
+    packing would guard on the identity of per-call objects (``id(tensor)`` de-duplicates
+    the leaves), so every call with new tensors recompiled the caller until dynamo's
+    recompile limit, then ran eagerly. Run eagerly, the packing also reads the transform
+    stack and ``z``'s graph exactly as in an eager call. ``compiled`` says whether the
+    caller was being compiled (the backward then uses a compiled solve, see ``kernels``).
+    """
     z_leaves, z_spec = _tree.flatten(z)
     # Each z leaf gets a slot of its own (a leaf T returned twice, or returned unchanged,
     # would otherwise share one with the solution or an argument).
@@ -377,13 +419,8 @@ def _apply_rule(
             if isinstance(leaf, torch.Tensor):
                 marked.add(pool.add(leaf))
                 explicit.append(leaf)
-    if is_compiling():
-        # Neither the transform stack nor z's graph can be read while dynamo traces.
-        levels: list[tuple[str, int]] = []
-        captured = ["whatever it reaches (not inspectable under torch.compile)"]
-    else:
-        levels = transform_levels() or []
-        captured = _captured(z_leaves, explicit)
+    levels = transform_levels() or []
+    captured = _captured(z_leaves, explicit)
     differentiating = differentiating_levels(levels)
     problem = RootProblem(
         optimality_fn,
@@ -395,6 +432,7 @@ def _apply_rule(
         frozenset(marked),
         tuple(captured),
         differentiating[-1] if differentiating else None,
+        compiled,
     )
     out = _ImplicitRootFunction.apply(problem, *pool.tensors)  # type: ignore[no-untyped-call]
     return _tree.unflatten(solution_layout.spec, list(out))
