@@ -22,7 +22,6 @@ be reached that way: where a second derivative could flow through one, the rule 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,48 +43,22 @@ from .._core.compat import (
     is_transformed,
     never_compiled,
     never_traced,
-    physical,
     transform_levels,
     without_saved_tensor_hooks,
 )
-from .._core.result import ConvergenceError, ConvergenceWarning, report
+from .._core.result import report
 from .._linear.base import LinearSolverBase
 from .derivatives import check_finite, forward_solve, transposed_solve
 from .kernels import compiled_adjoint, plain
 from .linear import solve_tree
 from .packing import ArgsLayout, TensorPool, TreeLayout
+from .root_checks import captured, root_check
 
 __all__ = ["RootProblem", "attach"]
 
 
 # ---------------------------------------------------------------------------------------------
 # What a callback touches, and when a second derivative can flow.
-
-
-def _captured(outputs: Sequence[torch.Tensor], explicit: Sequence[torch.Tensor]) -> list[str]:
-    """Tensors the graph of ``outputs`` reaches that are not the ``explicit`` ones.
-
-    Walks the autograd graph recorded by ``T`` (classic, or a ``torch.func`` grad level's),
-    stopping at the explicit tensors. Each ``AccumulateGrad`` node reached otherwise is a
-    captured leaf that carries derivatives (a module parameter, a closure, a global).
-    """
-    stops = {id(t.grad_fn) for t in explicit if t.grad_fn is not None}
-    known = {id(t) for t in explicit}
-    found: list[str] = []
-    seen: set[int] = set()
-    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen or id(node) in stops:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if isinstance(variable, torch.Tensor):
-            if id(variable) not in known:
-                found.append(f"a tensor of shape {tuple(variable.shape)}")
-            continue
-        stack.extend(child for child, _ in node.next_functions if child is not None)
-    return found
 
 
 def _carries_derivatives(tensors: Sequence[torch.Tensor]) -> bool:
@@ -140,7 +113,7 @@ class RootProblem:
 
         return gap
 
-    def refuse_captured(self) -> None:
+    def refusecaptured(self) -> None:
         if not self.captured:
             return
         raise NotImplementedError(
@@ -211,7 +184,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
         if u is None:
             check_finite(v, not_finite)
             if second:
-                problem.refuse_captured()
+                problem.refusecaptured()
             # With captured tensors, a first-order solve runs directly, not through
             # linear_solve's Function: that forward runs below the current torch.func level,
             # where a tensor T captured from that level cannot be read (a torch INTERNAL
@@ -249,7 +222,7 @@ class _ImplicitRootFunction(torch.autograd.Function):
         moving = [i for i in sorted(problem.differentiable) if dt[i] is not None]
         second = problem.second_order([*outputs, *dz])
         if second:
-            problem.refuse_captured()
+            problem.refusecaptured()
         if moving and second:
             # B(theta_out) t - B(theta*) t: zero, but differentiable along theta_out.
             _, b_gap = _func.jvp(
@@ -285,53 +258,6 @@ def _unpack(ctx: Any) -> tuple[list[Any], tuple[torch.Tensor, ...]]:
     return tensors, tuple(saved[count:])
 
 
-def _root_check(z: Any, solution: Any, label: str, on_failure: str) -> None:
-    """Report a returned point that is not a root: ``||T(x*)||_inf`` above the tolerance.
-
-    Eager only (one host read); the tolerance ``eps**(1/3) * max(1, ||x*||_inf)`` (about
-    6e-6 in float64, 5e-3 in float32) passes any solve run to its usual tolerances and catches
-    a solver that stopped far from a root or returned the wrong point.
-    """
-    if on_failure == "ignore" or is_compiling():
-        return
-    z_leaves = [physical(t) for t in _tree.flatten(z)[0]]
-    x_leaves = [physical(t) for t in _tree.flatten(solution)[0]]
-    if any(t is None for t in (*z_leaves, *x_leaves)):
-        return
-    plain_z = [t for t in z_leaves if t is not None and t.numel()]
-    if not plain_z:
-        return
-    plain_x = [t for t in x_leaves if t is not None and t.numel()]
-    stats = torch.stack(
-        [
-            torch.stack([t.detach().abs().max() for t in plain_z]).max(),
-            torch.stack([t.detach().abs().max() for t in plain_x]).max()
-            if plain_x
-            else torch.zeros((), dtype=plain_z[0].dtype, device=plain_z[0].device),
-        ]
-    ).double()
-    residual, scale = stats.tolist()
-    tolerance = torch.finfo(plain_z[0].dtype).eps ** (1 / 3) * max(1.0, scale)
-    if residual <= tolerance:
-        return
-    if residual != residual or residual == float("inf"):
-        message = (
-            f"{label}: the optimality function is not finite at the returned solution "
-            f"(max |T(x*, args)| = {residual:.3g}), so it has no implicit derivative."
-        )
-        raise ValueError(message)
-    message = (
-        f"{label}: the returned solution is not a root of the optimality function: "
-        f"max |T(x*, args)| = {residual:.3g} > {tolerance:.3g} (eps**(1/3) * max(1, "
-        "max |x*|)). Its implicit derivative is evaluated there anyway and may be wrong: run "
-        "the solver to convergence (more iterations, a smaller tolerance), or check that the "
-        "optimality function matches the problem the solver solves."
-    )
-    if on_failure == "raise":
-        raise ConvergenceError(message)
-    warnings.warn(message, ConvergenceWarning, stacklevel=4)
-
-
 def attach(
     optimality_fn: Callable[..., Any],
     solution: Any,
@@ -358,7 +284,7 @@ def attach(
             with torch.no_grad():
                 z = optimality_fn(x, *args)
             check_same_layout(z, x, label, "optimality_fn(solution, *args)", "the solution")
-            _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
+            root_check(z, x, label, getattr(solve, "on_failure", "warn"))
         return x
     if is_compiling():
         z = optimality_fn(x, *args)
@@ -367,7 +293,7 @@ def attach(
             z = optimality_fn(x, *args)
     check_same_layout(z, x, label, "optimality_fn(solution, *args)", "the solution")
     if check_root:
-        _root_check(z, x, label, getattr(solve, "on_failure", "warn"))
+        root_check(z, x, label, getattr(solve, "on_failure", "warn"))
     if not is_compiling() and not _carries_derivatives(_tree.flatten(z)[0]):
         return x
     # Called with a constant: the packing below runs eagerly (see _apply_rule).
@@ -420,7 +346,7 @@ def _apply_rule(
                 marked.add(pool.add(leaf))
                 explicit.append(leaf)
     levels = transform_levels() or []
-    captured = _captured(z_leaves, explicit)
+    touched = captured(z_leaves, explicit)
     differentiating = differentiating_levels(levels)
     problem = RootProblem(
         optimality_fn,
@@ -430,7 +356,7 @@ def _apply_rule(
         solution_layout,
         args_layout,
         frozenset(marked),
-        tuple(captured),
+        tuple(touched),
         differentiating[-1] if differentiating else None,
         compiled,
     )
