@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
             lambda: row_syncs(versions),
         ]
         if not args.quick:
-            steps.insert(4, lambda: row_compiled(versions, repeats))
+            # few repeats: the earlier version recompiles on every call (about a minute each)
+            steps.insert(4, lambda: row_compiled(versions, 4))
         for step in steps:
             rows.append(step())
             print(f"  done: {rows[-1][0]}", file=sys.stderr, flush=True)
