@@ -58,3 +58,25 @@ def test_no_funcimplicit_row_fails(results: str) -> None:
 def test_torchopt_absence_is_said(results: str) -> None:
     # Without the peer, its rows say why they are empty (never silently missing).
     assert "TorchOpt not installed" in results
+
+
+def test_before_after_runs_against_an_earlier_revision(tmp_path: Path) -> None:
+    """``benchmarks/before_after.py`` imports a revision from git beside this checkout; run
+    against HEAD itself, both columns exist and every row is filled."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: before_after.py reads the earlier revision from git")
+    command = [sys.executable, str(ROOT / "benchmarks" / "before_after.py"), "--quick"]
+    _, report = run_script(
+        [*command, "--before", "HEAD", "--out", str(tmp_path)],
+        cwd=ROOT,
+        timeout_s=TIMEOUT_S,
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    table = (tmp_path / "before_after.md").read_text().splitlines()
+    assert table[0] == "| row (target) | before (HEAD) | after (this checkout) |", report
+    rows = table[2:]
+    assert len(rows) == 6, report  # --quick leaves out the compiled row
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 3, row
+        assert all(cells), row
