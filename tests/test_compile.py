@@ -18,10 +18,10 @@ default backend, as users do (tens of seconds each on a 2-core CPU).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
+import inner_methods
 import pytest
 import torch
 
@@ -136,39 +136,24 @@ def _contraction(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return torch.tanh(0.5 * z + a)
 
 
-def _cubic(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    return x**3 + x - a
+@pytest.mark.parametrize("row", inner_methods.METHODS, ids=inner_methods.IDS)
+def test_every_inner_method_compiles_as_one_graph(row: inner_methods.Row) -> None:
+    """Every row of the inner-method table, on the first kind of problem it declares, traced
+    as one graph (the loop's trip count: 4) and equal to eager. A method's own linear solve is
+    made dense here: an iterative one would be unrolled inside every step (compile time grows
+    about 20x), and the Krylov solvers compile on their own above."""
+    changes: dict[str, Any] = {"maxiter": 4, "on_failure": "ignore"}
+    if hasattr(row.method, "solve"):
+        changes["solve"] = fi.LU()
+    method = row.with_(**changes)
+    problem = inner_methods.problem(row.kinds[0])
 
-
-def _quartic(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    return ((x - a) ** 2).sum() + (x**4).sum()
-
-
-INNER: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
-    "FixedPointIteration": (fi.solve_fixed_point, _contraction, fi.FixedPointIteration),
-    "Anderson": (fi.solve_fixed_point, _contraction, fi.Anderson),
-    "Broyden": (fi.solve_root, _cubic, fi.Broyden),
-    # Newton's default linear solver (GMRES, up to 100 iterations) would be unrolled in every
-    # Newton step: compile time grows ~20x; a dense solve is what a 4-d problem wants.
-    "Newton": (fi.solve_root, _cubic, functools.partial(fi.Newton, solve=fi.LU())),
-    "GradientDescent": (fi.minimize, _quartic, fi.GradientDescent),
-}
-
-
-@pytest.mark.parametrize("name", list(INNER))
-def test_every_inner_method_compiles_as_one_graph(name: str) -> None:
-    solve, fn, method_type = INNER[name]
-    method = method_type(maxiter=4, on_failure="ignore")  # the loop's trip count: 4
-
-    def run(a: torch.Tensor) -> torch.Tensor:
-        start = torch.zeros(4, dtype=F64)
-        value: torch.Tensor = solve(fn, start, a, method=method, implicit=False).value
+    def run(c: torch.Tensor) -> torch.Tensor:
+        value: torch.Tensor = problem.solve(method, c, implicit=False).value
         return value
 
-    a = torch.linspace(0.1, 0.9, 4, dtype=F64)
-    torch.testing.assert_close(
-        torch.compile(run, fullgraph=True, backend="aot_eager")(a), run(a), rtol=1e-12, atol=0
-    )
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(problem.c), run(problem.c), rtol=1e-12, atol=1e-14)
 
 
 # --------------------------------------------------------------------------------------------
