@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import inner_methods
+import problems
 import pytest
 import torch
 
@@ -102,19 +103,19 @@ def test_compiled_loss_backward_through_implicit_root() -> None:
     torch.testing.assert_close(a.grad, 1 / (3 * a.detach() ** (2 / 3)), rtol=1e-10, atol=0)
 
 
-LINEAR_SOLVERS = [
-    fi.CG(maxiter=6, rtol=1e-13),
-    fi.NormalCG(maxiter=12, rtol=1e-13),
-    fi.GMRES(maxiter=6, restart=5, rtol=1e-13),
-    fi.BiCGStab(maxiter=6, rtol=1e-13),
-    fi.Neumann(maxiter=80, rtol=1e-13),
-    fi.LU(),
-    fi.Cholesky(),
-    fi.Normal(fi.Cholesky()),
-]
+def _for_compile(entry: problems.Entry) -> Any:
+    """A row of the linear-solver table with a trip count that suits the 5 x 5 system below
+    (a compiled loop runs all of ``maxiter``): 12 Krylov steps, 80 Neumann terms."""
+    if not entry.iterative:
+        return entry.solver
+    maxiter = 80 if isinstance(entry.solver, fi.Neumann) else 12
+    return entry.with_(maxiter=maxiter, rtol=1e-13)
 
 
-@pytest.mark.parametrize("solver", LINEAR_SOLVERS, ids=lambda s: type(s).__name__)
+LINEAR_SOLVERS = [_for_compile(entry) for entry in problems.SOLVERS]
+
+
+@pytest.mark.parametrize("solver", LINEAR_SOLVERS, ids=problems.SOLVER_IDS)
 def test_every_linear_solver_compiles_as_one_graph(solver: Any) -> None:
     # Neumann needs ||I - A|| < 1: here ||M M^T / 25|| = 0.61, so 80 terms reach 1e-17.
     m = torch.randn(
