@@ -419,6 +419,39 @@ def test_compiled_user_code_uses_a_compiled_backward_solve_once_per_operator() -
     assert kernels.compiled_calls == calls + 6
 
 
+def test_a_long_backward_loop_is_solved_eagerly_for_a_compiled_caller() -> None:
+    # A compiled loop runs all of its maxiter: beyond kernels.MAX_COMPILED_STEPS the backward
+    # solve of a compiled caller runs eagerly (and stops early) instead of compiling for
+    # minutes; the gradient is the same.
+    data = _ridge_problem()
+    x, y, xv, yv = data
+
+    def stationarity(w: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        return x.T @ (x @ w - y) + lam * w
+
+    def loss(lam: torch.Tensor, maxiter: int) -> torch.Tensor:
+        solve = fi.CG(maxiter=maxiter)
+
+        @fi.implicit_root(stationarity, argnums=1, solve=solve)
+        def ridge(w0: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = torch.linalg.solve(x.T @ x + torch.diag(lam), x.T @ y)
+            return out
+
+        w = ridge(torch.zeros(4, dtype=F64), lam)
+        (g,) = torch.autograd.grad((xv @ w - yv).square().mean(), lam)
+        return g
+
+    lam = torch.full((4,), 0.7, dtype=F64, requires_grad=True)
+    for maxiter, compiled_solves in ((kernels.MAX_COMPILED_STEPS + 1, 0), (20, 1)):
+        torch._dynamo.reset()
+        calls = kernels.compiled_calls
+        got = torch.compile(lambda lam, m=maxiter: loss(lam, m), backend="aot_eager")(lam)
+        assert kernels.compiled_calls == calls + compiled_solves
+        torch.testing.assert_close(
+            got, _ridge_reference(lam.detach(), *data), rtol=1e-9, atol=1e-13
+        )
+
+
 def test_compiled_user_code_still_refuses_a_non_finite_cotangent() -> None:
     # The compiled backward solve checks the cotangent inside its graph: same error as eager.
     data = _ridge_problem()

@@ -34,7 +34,8 @@ from .._core import func as _func
 from .._core import tree as _tree
 from .._core.compat import physical
 from .._core.result import LinearSolveResult
-from .._linear.base import LinearSolverBase
+from .._linear.auto import Auto
+from .._linear.base import IterativeSolver, LinearSolverBase, default_maxiter
 from .linear import run_square
 
 __all__ = ["BACKEND", "compiled_adjoint", "plain"]
@@ -44,6 +45,12 @@ BACKEND: str | Callable[..., Any] = "inductor"
 
 #: How many backward solves ran compiled (a count for tests and benchmarks).
 compiled_calls = 0
+
+#: The longest loop compiled: a compiled loop runs all of its ``maxiter`` (a static trip
+#: count) and inductor's compile time grows with it (a 1000-step CG, CG's default at
+#: n = 100, compiled for over ten minutes here). A solver whose loop may run longer solves
+#: eagerly, where it also stops early; give it ``maxiter <= 200`` to have it compiled.
+MAX_COMPILED_STEPS = 200
 
 Adjoint = Callable[
     [Callable[..., Any], LinearSolverBase, Any, tuple[Any, ...], Any],
@@ -78,6 +85,22 @@ def _adjoint(
     return run_square(solver, lambda u: transpose(u)[0], v, None), finite
 
 
+def _steps(solver: Any, v: Any) -> int:
+    """The iterations ``solver``'s loop may run on ``v`` (1 for a direct solve): its own
+    ``maxiter``, the default cap ``max(10 n, 100)`` where that is ``None``, or its inner
+    solver's (``Normal``). ``Auto`` on a system it factorizes runs no loop."""
+    inner = getattr(solver, "inner", None)
+    if isinstance(inner, LinearSolverBase):
+        return _steps(inner, v)
+    size = _tree.size(v)
+    if isinstance(solver, Auto) and size <= solver.max_dense:
+        return 1
+    if not isinstance(solver, IterativeSolver | Auto):
+        return 1  # a direct solve, or a user's solver: compiled as written
+    maxiter = getattr(solver, "maxiter", None)
+    return default_maxiter(size) if maxiter is None else int(maxiter)
+
+
 def compiled_adjoint(
     optimality_fn: Callable[..., Any],
     solver: LinearSolverBase,
@@ -89,9 +112,12 @@ def compiled_adjoint(
     solves eagerly: slower, the same answer).
 
     A failure to compile (e.g. inductor without a working C++ compiler) is reported once
-    with a ``UserWarning``; the compiled solve is not tried again in this process.
+    with a ``UserWarning``; the compiled solve is not tried again in this process. A loop
+    longer than :data:`MAX_COMPILED_STEPS` is not compiled (``None``).
     """
     global compiled_calls
+    if _steps(solver, v) > MAX_COMPILED_STEPS:
+        return None
     if BACKEND not in _COMPILED:
         _COMPILED[BACKEND] = torch.compile(_adjoint, backend=BACKEND)
     kernel = _COMPILED[BACKEND]
