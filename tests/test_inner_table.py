@@ -171,3 +171,42 @@ def test_no_host_reads_in_the_loop(monkeypatch: pytest.MonkeyPatch, row: Row, ki
     calls[0] = 0
     p.solve(row.with_(check_every=None), p.c)
     assert calls[0] == 0
+
+
+def test_a_method_that_stops_itself_short_of_the_tolerance_reports_stagnation() -> None:
+    """``terminate`` may stop an element that cannot progress (as L-BFGS does when no step
+    lowers its objective): the driver reports ``STAGNATION`` for it, and ``MAX_ITERATIONS``
+    for one that merely ran out of iterations."""
+    from dataclasses import dataclass
+    from typing import Any
+
+    @dataclass(frozen=True, kw_only=True)
+    class GivesUp(fi.InnerMethod):
+        patience: int = 2  # stops itself after this many iterations
+
+        def init(self, problem: fi.InnerProblem, x: Any) -> tuple[Any, torch.Tensor]:
+            fx = problem.fixed_point(x)
+            return fx, torch.zeros((), dtype=torch.int64)
+
+        def step(
+            self, problem: fi.InnerProblem, x: Any, state: Any, iteration: int
+        ) -> tuple[Any, Any]:
+            x = 0.5 * x + 0.5 * state[0]  # slow: never within the tolerance in a few steps
+            return x, (problem.fixed_point(x), state[1] + 1)
+
+        def residual_norm(self, problem: fi.InnerProblem, x: Any, state: Any) -> torch.Tensor:
+            norm: torch.Tensor = torch.linalg.vector_norm(state[0] - x)
+            return norm
+
+        def terminate(self, problem: fi.InnerProblem, x: Any, state: Any) -> torch.Tensor:
+            stop: torch.Tensor = super().terminate(problem, x, state) | (state[1] >= self.patience)
+            return stop
+
+    p = problem("fixed_point")
+    stopped = p.solve(GivesUp(maxiter=10, on_failure="ignore"), p.c)
+    assert int(stopped.status) == fi.Status.STAGNATION
+    assert int(stopped.iterations) == 2
+    ran_out = p.solve(GivesUp(maxiter=1, on_failure="ignore"), p.c)
+    assert int(ran_out.status) == fi.Status.MAX_ITERATIONS
+    with pytest.warns(fi.ConvergenceWarning, match=r"\(stagnation\).*stagnated"):
+        p.solve(GivesUp(maxiter=10), p.c)

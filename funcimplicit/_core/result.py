@@ -45,7 +45,8 @@ class Status(enum.IntEnum):
     there), ``BREAKDOWN`` (a Krylov recurrence or a factorization broke down: a singular or
     ill-suited system), ``INDEFINITE`` (CG met negative or zero curvature: the operator is
     not positive definite) and ``STAGNATION`` (GMRES: a restart cycle no longer lowered the
-    residual, a singular or inconsistent system).
+    residual, a singular or inconsistent system; an inner method: it stopped itself, no step
+    lowering its merit any more, e.g. L-BFGS or Levenberg-Marquardt).
     """
 
     CONVERGED = 0
@@ -104,7 +105,7 @@ class Solution(Generic[TreeT]):
 
     @property
     def stagnated(self) -> torch.Tensor:
-        """``status == Status.STAGNATION`` (only GMRES detects it)."""
+        """``status == Status.STAGNATION`` (GMRES, and inner methods that stop themselves)."""
         return self.status == int(Status.STAGNATION)
 
 
@@ -176,8 +177,9 @@ def report(
         reasons = f" ({', '.join(names)})" if names else ""
         if int(Status.STAGNATION) in codes.tolist():
             detail = (
-                "stagnated: the residual stopped decreasing over a restart cycle (a singular "
-                f"or inconsistent system?); {detail}"
+                "stagnated: the solver could make no more progress (GMRES: a restart cycle "
+                "did not lower the residual, a singular or inconsistent system?; an inner "
+                f"method: no step lowers its merit any more); {detail}"
             )
     message = f"{call}: did not converge for {count}{reasons}: {detail}."
     if hint:
