@@ -69,18 +69,16 @@ class InnerProblem:
         """This problem on raveled iterates: each function takes a flat vector (``unravel``
         gives its tree) and returns a flat vector (the objective a scalar)."""
 
-        def flat_output(fn: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
-            if fn is None:
-                return None
+        def vector_out(fn: Callable[[Any], Any]) -> Callable[[torch.Tensor], torch.Tensor]:
             return lambda v: _tree.ravel(fn(unravel(v)))[0]
 
-        objective, bind = self.objective, self.bind
+        objective, residual, bind = self.objective, self.residual, self.bind
         view = replace(
             self,
-            root=lambda v: _tree.ravel(self.root(unravel(v)))[0],
-            fixed_point=lambda v: _tree.ravel(self.fixed_point(unravel(v)))[0],
+            root=vector_out(self.root),
+            fixed_point=vector_out(self.fixed_point),
             objective=None if objective is None else (lambda v: objective(unravel(v))),
-            residual=flat_output(self.residual),
+            residual=None if residual is None else vector_out(residual),
         )
         return view if bind is None else view.rebindable(lambda args: bind(args).flat(unravel))
 
