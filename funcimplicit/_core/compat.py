@@ -138,6 +138,34 @@ def rebatch(tensor: torch.Tensor, level: int) -> torch.Tensor:
     return torch._C._functorch._add_batch_dim(tensor, 0, level)
 
 
+def can_set_aside() -> bool:
+    """Whether :func:`outside_transforms` may run code as the transforms would: every active
+    transform is a ``vmap`` that refuses random operations (``randomness="error"``, its
+    default; with ``"same"`` or ``"different"`` a random draw outside would differ)."""
+    try:
+        from torch._functorch import pyfunctorch
+
+        stack = pyfunctorch.retrieve_all_functorch_interpreters()
+        return all(
+            isinstance(i, pyfunctorch.VmapInterpreter) and i.randomness() == "error" for i in stack
+        )
+    except Exception:  # the private API moved: unknown
+        return False
+
+
+@contextlib.contextmanager
+def outside_transforms() -> Iterator[None]:
+    """Run the block with every ``torch.func`` transform set aside (as if outside them all),
+    then restore them: plain tensors computed there are plain, at plain-eager cost.
+
+    Only entered where :func:`can_set_aside` holds, by a caller that has checked that every
+    tensor it uses is plain (``unbatch``)."""
+    from torch._functorch import pyfunctorch
+
+    with pyfunctorch.temporarily_clear_interpreter_stack():
+        yield
+
+
 def is_transformed(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is wrapped by a ``torch.func`` transform (``False`` if unknown)."""
     try:

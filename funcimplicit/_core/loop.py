@@ -29,6 +29,12 @@ __all__ = ["COMPACT", "Compactable", "iterate", "progress", "safe_div", "safe_sq
 #: Whether :func:`iterate` may compact a ``vmap`` batch to its active elements (a switch for
 #: comparisons and for debugging: results and per-element counts are the same either way).
 COMPACT = True
+#: Whether the last active element of a compacted batch runs by itself, outside every
+#: transform (plain-eager cost: a ``vmap`` of one element costs about twice the element
+#: alone). Its iterations then round as a solve of that element alone does, which may differ
+#: from the batched loop's rounding in the last bits; ``False`` runs it as a ``vmap`` of two
+#: copies instead, bit-identical to the uncompacted loop.
+COMPACT_ALONE = True
 #: Compact once at most this fraction of the batch is still active (and again, within the
 #: compacted batch, each time this fraction is reached there; measured: 0.75 beat 0.5).
 COMPACT_FRACTION = 0.75
@@ -208,9 +214,11 @@ def compacted(
     those rows; its results are scattered into new full tensors (the done rows keep their
     values) and batched again at the original level. Each element goes through the same
     steps as in the full batch, with the same global iteration numbers, so its values and
-    count are those of the uncompacted loop. The fresh batch has at least two rows (a last
-    active row runs twice): a batch of one takes other kernels (matrix-vector instead of
-    batched products) whose rounding differs.
+    count are those of the uncompacted loop. A last active element runs by itself, outside
+    every transform (:data:`COMPACT_ALONE`): the same steps on plain tensors, whose kernels
+    (matrix-vector instead of batched products) may round differently in the last bits;
+    with ``COMPACT_ALONE = False`` it runs twice in a fresh batch of two instead, bit for bit
+    as the uncompacted loop.
 
     Refused (``None``): any transform other than ``vmap`` on the stack, ``torch.compile``, a
     state leaf that is not a tensor, a tensor batched at another level or under nested
@@ -245,8 +253,9 @@ def compacted(
 
     try:
         active = torch.nonzero(~plain_done).squeeze(1)
-        # a last active row runs twice (see above); only its first copy is scattered back
-        rows_in = active.repeat(2) if active.numel() == 1 else active
+        alone = active.numel() == 1 and COMPACT_ALONE and compat.can_set_aside()
+        # a last active row not run alone runs twice (see above): only its first copy is kept
+        rows_in = active.repeat(2) if active.numel() == 1 and not alone else active
 
         trips: list[int] = []
 
@@ -260,7 +269,7 @@ def compacted(
             for i, leaf in zip(tensor_args, args, strict=True):
                 everything[i] = leaf
             bound = _tree.unflatten(arg_spec, everything)
-            guarded = _guarded(compactable.step_on(bound), compat.vmap_level())
+            guarded = _guarded(compactable.step_on(bound), compat.vmap_level(), alone)
             out, count, flags, ran = _loop(
                 guarded,
                 _tree.unflatten(state_spec, leaves),
@@ -275,13 +284,26 @@ def compacted(
 
         state_dims = [None if rows is None else 0 for _, rows in state_rows]
         arg_dims = [None if rows is None else 0 for _, rows in arg_rows]
-        new_leaves, count, flags = torch.func.vmap(rest, in_dims=(state_dims, arg_dims, 0))(
+        picked = (
             [pick(leaf, rows) for leaf, (_, rows) in zip(state_leaves, state_rows, strict=True)],
             [pick(arg_leaves[i], rows) for i, (_, rows) in zip(tensor_args, arg_rows, strict=True)],
             plain_done.index_select(0, rows_in),
         )
-        kept = active.numel()
-        new_leaves, count, flags = [t[:kept] for t in new_leaves], count[:kept], flags[:kept]
+        if alone:  # the last active element: its row by itself, outside every transform
+            with compat.outside_transforms():
+                row = [
+                    [t if d is None else t[0] for t, d in zip(ts, dims, strict=True)]
+                    for ts, dims in ((picked[0], state_dims), (picked[1], arg_dims))
+                ]
+                new_leaves, count, flags = rest(row[0], row[1], picked[2][0])
+            new_leaves = [t.unsqueeze(0) for t in new_leaves]
+            count, flags = count.unsqueeze(0), flags.unsqueeze(0)
+        else:
+            new_leaves, count, flags = torch.func.vmap(rest, in_dims=(state_dims, arg_dims, 0))(
+                *picked
+            )
+            kept = active.numel()
+            new_leaves, count, flags = [t[:kept] for t in new_leaves], count[:kept], flags[:kept]
         outputs = [*new_leaves, count, flags]
         if any(compat.is_transformed(t) for t in outputs):
             return None  # batched outside the fresh vmap: a closure over a batched tensor
@@ -307,7 +329,7 @@ def compacted(
     return _tree.unflatten(state_spec, leaves), more, now_done, trips[0]
 
 
-def _guarded(step: Step, level: int | None) -> Step:
+def _guarded(step: Step, level: int | None, alone: bool = False) -> Step:
     """``step``, raising :class:`_Unsound` when one of the results of its first call is
     batched other than directly at ``level`` (the fresh ``vmap``): it read a tensor batched
     outside, and the compacted run is abandoned early. (Later calls are not checked: the
@@ -318,10 +340,9 @@ def _guarded(step: Step, level: int | None) -> Step:
         new_state, finished = step(state)
         if first[0]:
             for leaf in [*_tree.flatten(new_state)[0], finished]:
-                if (
-                    level is None
-                    or not isinstance(leaf, torch.Tensor)
-                    or (compat.is_transformed(leaf) and not compat.batched_at(leaf, level))
+                if not isinstance(leaf, torch.Tensor) or (
+                    compat.is_transformed(leaf)
+                    and (alone or level is None or not compat.batched_at(leaf, level))
                 ):
                     raise _Unsound
             first[0] = False
