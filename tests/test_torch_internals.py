@@ -214,3 +214,30 @@ def test_an_uneven_vmap_batch_is_compacted(monkeypatch: pytest.MonkeyPatch) -> N
     )(thetas)
     assert ran
     assert all(ran)
+
+
+def test_transforms_are_set_aside_and_restored() -> None:
+    """A compacted batch's last element runs outside the transforms (``loop.compacted``):
+    inside, no transform is active and plain tensors stay plain; after, the stack is back.
+    Random operations under ``randomness="same"`` or ``"different"`` forbid it."""
+    seen: dict[str, Any] = {}
+
+    def inner(v: torch.Tensor) -> torch.Tensor:
+        seen["allowed"] = compat.can_set_aside()
+        before = compat.transform_levels()
+        with compat.outside_transforms():
+            seen["inside"] = compat.transform_levels()
+            plain = torch.ones(3, dtype=f64) * 2
+            seen["plain"] = not compat.is_transformed(plain)
+        seen["restored"] = compat.transform_levels() == before
+        return v
+
+    vmap(vmap(inner))(torch.zeros(2, 3, dtype=f64))
+    assert seen == {"allowed": True, "inside": [], "plain": True, "restored": True}
+    for randomness in ("same", "different"):
+        vmap(lambda v: (seen.update(allowed=compat.can_set_aside()), v)[1], randomness=randomness)(
+            torch.zeros(2, dtype=f64)
+        )
+        assert seen["allowed"] is False, randomness
+    grad(lambda v: (seen.update(allowed=compat.can_set_aside()), v.sum())[1])(torch.ones(2))
+    assert seen["allowed"] is False  # grad on the stack
