@@ -144,7 +144,14 @@ def vdot(a: TensorTree, b: TensorTree) -> torch.Tensor:
 
 
 def norm(a: TensorTree) -> torch.Tensor:
-    """Euclidean norm over all leaves jointly (a 0-d tensor)."""
+    """Euclidean norm over all leaves jointly (a 0-d tensor).
+
+    One tensor: one ``vector_norm`` kernel (three dispatched ops fewer than ``sqrt(sum(a *
+    a))``, and the same bits under ``vmap`` as alone); a tree: the root of the summed squares.
+    """
+    if isinstance(a, torch.Tensor):
+        out: torch.Tensor = torch.linalg.vector_norm(a)
+        return out
     return torch.sqrt(vdot(a, a))
 
 

@@ -3,6 +3,7 @@ problem view each method works on (fixed-point map, root function or objective).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -62,8 +63,11 @@ class InnerProblem:
     def finished(self, residual_norm: torch.Tensor, x: TensorTree) -> torch.Tensor:
         """Converged, or not finite (no point iterating on NaN or Inf)."""
         tolerance = self.tolerance(x)
-        # An overflowing ||x|| makes the tolerance Inf, which would accept any residual.
-        return (residual_norm <= tolerance) | ~torch.isfinite(residual_norm * tolerance)
+        # Not finished while r > tol and both are finite (r, tol >= 0, so "finite" is
+        # "max < inf"; max propagates NaN, which compares false): NaN or Inf stops, and so does
+        # an overflowing ||x||, whose Inf tolerance would accept any residual.
+        going = (residual_norm > tolerance) & (torch.maximum(residual_norm, tolerance) < math.inf)
+        return torch.logical_not(going)
 
     def flat(self, unravel: Callable[[torch.Tensor], Any]) -> InnerProblem:
         """This problem on raveled iterates: each function takes a flat vector (``unravel``

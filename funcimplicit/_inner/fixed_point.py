@@ -57,7 +57,8 @@ class FixedPointIteration(InnerMethod):
     def step(
         self, problem: InnerProblem, x: Any, state: _Values, iteration: int
     ) -> tuple[Any, _Values]:
-        x = _tree.axpy(self.damping, _tree.sub(state[0], x), x)
+        # undamped: x <- F(x) itself (x + 1 * (F(x) - x) would round, and cost two ops)
+        x = state[0] if self.damping == 1.0 else _tree.axpy(self.damping, _tree.sub(state[0], x), x)
         return x, self.init(problem, x)
 
     def residual_norm(self, problem: InnerProblem, x: Any, state: _Values) -> torch.Tensor:
