@@ -219,7 +219,10 @@ def test_an_uneven_vmap_batch_is_compacted(monkeypatch: pytest.MonkeyPatch) -> N
 def test_transforms_are_set_aside_and_restored() -> None:
     """A compacted batch's last element runs outside the transforms (``loop.compacted``):
     inside, no transform is active and plain tensors stay plain; after, the stack is back.
-    Random operations under ``randomness="same"`` or ``"different"`` forbid it."""
+    Random operations under ``randomness="same"`` or ``"different"`` forbid it.
+
+    Also the grad wrappers: ``beneath_grad`` finds the tensors beneath a grad level (and one
+    vmap around it), for the first-order backward solve (``linear.solve_beneath``)."""
     seen: dict[str, Any] = {}
 
     def inner(v: torch.Tensor) -> torch.Tensor:
@@ -239,5 +242,26 @@ def test_transforms_are_set_aside_and_restored() -> None:
             torch.zeros(2, dtype=f64)
         )
         assert seen["allowed"] is False, randomness
+
+    def under_vmap_grad(v: torch.Tensor) -> torch.Tensor:
+        levels = compat.transform_levels()
+        assert levels is not None
+        assert [k for k, _ in levels] == ["Vmap", "Grad"]
+        (_, vmap_level), (_, grad_level) = levels
+        with compat.outside_transforms():
+            seen["v"] = compat.beneath_grad(v, grad_level, vmap_level)
+            seen["shared"] = compat.beneath_grad(shared, grad_level, vmap_level)
+            seen["other"] = compat.beneath_grad(v, grad_level + 1, vmap_level)
+        return (v * v).sum()
+
+    shared = torch.ones(3, dtype=f64)
+    batch = torch.arange(6.0, dtype=f64).reshape(3, 2)
+    vmap(grad(under_vmap_grad), in_dims=1)(batch)
+    ok, (rows, dim) = seen["v"]
+    assert ok
+    assert dim == 0
+    torch.testing.assert_close(rows, batch.T)  # the batch dimension first
+    assert seen["shared"] == (True, (shared, None))
+    assert seen["other"] == (False, None)  # wrapped at another grad level: refused
     grad(lambda v: (seen.update(allowed=compat.can_set_aside()), v.sum())[1])(torch.ones(2))
-    assert seen["allowed"] is False  # grad on the stack
+    assert seen["allowed"] is True  # a grad level may be set aside (by a first-order caller)

@@ -139,18 +139,39 @@ def rebatch(tensor: torch.Tensor, level: int) -> torch.Tensor:
 
 
 def can_set_aside() -> bool:
-    """Whether :func:`outside_transforms` may run code as the transforms would: every active
-    transform is a ``vmap`` that refuses random operations (``randomness="error"``, its
-    default; with ``"same"`` or ``"different"`` a random draw outside would differ)."""
+    """Whether :func:`outside_transforms` may run code as the transforms would, for a caller
+    that knows nothing it computes there is differentiated: every active ``vmap`` refuses
+    random operations (``randomness="error"``, its default; with ``"same"`` or
+    ``"different"`` a random draw outside would differ)."""
     try:
         from torch._functorch import pyfunctorch
 
         stack = pyfunctorch.retrieve_all_functorch_interpreters()
         return all(
-            isinstance(i, pyfunctorch.VmapInterpreter) and i.randomness() == "error" for i in stack
+            i.randomness() == "error" for i in stack if isinstance(i, pyfunctorch.VmapInterpreter)
         )
     except Exception:  # the private API moved: unknown
         return False
+
+
+def beneath_grad(tensor: torch.Tensor, level: int, vmap: int | None) -> tuple[bool, Any]:
+    """``tensor`` of a computation at ``grad`` level ``level`` (inside at most one ``vmap``,
+    at level ``vmap``), seen beneath both: ``(True, (plain, 0))`` for a tensor batched by the
+    ``vmap`` (its physical tensor, batch dimension first), ``(True, (plain, None))`` for one it
+    does not batch, ``(False, None)`` for any other structure or where unknown."""
+    try:
+        functorch = torch._C._functorch
+        if functorch.is_gradtrackingtensor(tensor):
+            if functorch.maybe_get_level(tensor) != level:
+                return False, None
+            tensor = functorch.get_unwrapped(tensor)
+        if vmap is not None and batched_at(tensor, vmap):
+            return True, (unbatch(tensor, vmap), 0)
+        if is_transformed(tensor) or tensor.device.type == "meta":
+            return False, None
+        return True, (tensor, None)
+    except Exception:  # the private API moved: unknown
+        return False, None
 
 
 @contextlib.contextmanager

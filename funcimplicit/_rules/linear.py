@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._core import compat
 from .._core import func as _func
 from .._core import tree as _tree
 from .._core.checks import (
@@ -25,7 +26,7 @@ from .._core.checks import (
     refuse_whole_graph_trace,
 )
 from .._core.compat import never_compiled
-from .._core.result import LinearSolveResult, report
+from .._core.result import ConvergenceError, LinearSolveResult, report
 from .._core.tree import TensorTree, TreeT
 from .._linear.adapter import as_linear_solver
 from .._linear.auto import reusing
@@ -254,6 +255,82 @@ def solve_tree(
     )
     out = _LinearSolveFunction.apply(problem, *pool.tensors)  # type: ignore[no-untyped-call]
     return _tree.unflatten(rhs_layout.spec, list(out))
+
+
+def solve_beneath(
+    problem: LinearProblem, rhs: Any, args: tuple[Any, ...], level: int | None
+) -> Any | None:
+    """:func:`solve_tree` of a first-order backward pass at ``grad`` level ``level``, run on
+    the tensors beneath the transforms and outside them; ``None`` where that cannot be done
+    soundly (the caller then solves at its levels, as before: slower, the same answer).
+
+    Under ``torch.func.grad`` every operation of a solve at the grad level goes through the
+    transform's wrappers, although nothing differentiates it (the caller checked: no other
+    differentiating level). Beneath them the solve runs on plain tensors, at plain cost; under
+    one ``vmap`` around the ``grad`` (iMAML's per-task meta-gradients) it runs under a fresh
+    ``vmap`` of the physical batch, and its result is batched again at the outer level.
+
+    Refused: any other stack of transforms, a ``vmap`` with random operations allowed, a
+    tensor wrapped otherwise, a tensor that classic autograd records (``requires_grad`` beneath
+    the wrappers, grad mode on), and a solve whose result comes out wrapped (its operator
+    closes over a tensor of the transforms) or that fails otherwise.
+    """
+    levels = compat.transform_levels()
+    if level is None or levels is None or not compat.can_set_aside():
+        return None
+    if levels == [("Grad", level)]:
+        vmap_level = None
+    elif len(levels) == 2 and levels[0][0] == "Vmap" and levels[1] == ("Grad", level):
+        vmap_level = levels[0][1]
+    else:
+        return None
+    rhs_leaves, rhs_spec = _tree.flatten(rhs)
+    arg_leaves, arg_spec = _tree.flatten(args)
+    at = [i for i, leaf in enumerate(arg_leaves) if isinstance(leaf, torch.Tensor)]
+    with compat.outside_transforms():  # (unbatching moves a dimension: an op, not recorded)
+        seen = [
+            compat.beneath_grad(t, level, vmap_level)
+            for t in [*rhs_leaves, *(arg_leaves[i] for i in at)]
+        ]
+    if not all(ok for ok, _ in seen):
+        return None
+    plain = [pair[0] for _, pair in seen]
+    dims = [pair[1] for _, pair in seen]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in plain):
+        return None
+    count = len(rhs_leaves)
+
+    def solve(rhs_plain: list[torch.Tensor], args_plain: list[torch.Tensor]) -> list[torch.Tensor]:
+        everything = list(arg_leaves)
+        for i, leaf in zip(at, args_plain, strict=True):
+            everything[i] = leaf
+        out = solve_tree(
+            problem,
+            _tree.unflatten(rhs_spec, rhs_plain),
+            _tree.unflatten(arg_spec, everything),
+            differentiable=False,
+        )
+        return _tree.flatten(out)[0]
+
+    batched = vmap_level is not None and any(d is not None for d in dims)
+    try:
+        with compat.outside_transforms():
+            if batched:
+                out = torch.func.vmap(solve, in_dims=(dims[:count], dims[count:]))(
+                    plain[:count], plain[count:]
+                )
+            else:
+                out = solve(plain[:count], plain[count:])
+    except ConvergenceError:
+        raise
+    except Exception:  # e.g. an operator reading a tensor of the transforms set aside
+        return None
+    if any(compat.is_transformed(t) for t in out):
+        return None  # the operator closes over a tensor of the transforms
+    if batched:
+        assert vmap_level is not None
+        out = [compat.rebatch(t, vmap_level) for t in out]
+    return _tree.unflatten(rhs_spec, out)
 
 
 def _run_detached(

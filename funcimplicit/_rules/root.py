@@ -43,6 +43,7 @@ from .._core.compat import (
     is_transformed,
     never_compiled,
     never_traced,
+    physical,
     transform_levels,
     without_saved_tensor_hooks,
 )
@@ -50,7 +51,7 @@ from .._core.result import report
 from .._linear.base import LinearSolverBase
 from .derivatives import check_finite, forward_solve, transposed_solve
 from .kernels import compiled_adjoint, plain
-from .linear import solve_tree
+from .linear import solve_beneath, solve_tree
 from .packing import ArgsLayout, TensorPool, TreeLayout
 from .root_checks import captured, root_check
 
@@ -95,7 +96,10 @@ class RootProblem:
         if others:
             return True
         if self.level is not None:
-            return False
+            # Nothing differentiates at another level; but classic autograd records beneath
+            # the wrappers where the plain tensors require grad (torch.autograd.grad of the
+            # result of torch.func.grad): then this is differentiated too.
+            return torch.is_grad_enabled() and any(_classic_grad(t) for t in tensors)
         return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
     def gap(
@@ -165,7 +169,8 @@ class _ImplicitRootFunction(torch.autograd.Function):
         )
         solution = _tree.unflatten(problem.solution.spec, list(outputs))
         args = problem.args.rebuild(tensors)
-        second = problem.second_order([*outputs, *_tree.flatten(v)[0]])
+        explicit = [t for t in tensors if isinstance(t, torch.Tensor)]
+        second = problem.second_order([*outputs, *_tree.flatten(v)[0], *explicit])
         transposed = transposed_solve(problem.optimality_fn, problem.solve, problem.label)
         u = None
         if problem.compiled and not second and _classic_first_order([*outputs, *tensors, *grads]):
@@ -181,6 +186,11 @@ class _ImplicitRootFunction(torch.autograd.Function):
                     solver = problem.solve
                     report(adjoint, solver.on_failure, transposed.label, solver.failure_hint)
                 u = adjoint.solution
+        if u is None and not second and not problem.captured:
+            # First order under torch.func.grad (or vmap(grad)): the solve beneath the
+            # transforms' wrappers, at plain cost.
+            check_finite(v, not_finite)
+            u = solve_beneath(transposed, v, (solution, *args), problem.level)
         if u is None:
             check_finite(v, not_finite)
             if second:
@@ -220,7 +230,8 @@ class _ImplicitRootFunction(torch.autograd.Function):
         args = problem.args.rebuild(tensors)
         dt = tangents[1:]
         moving = [i for i in sorted(problem.differentiable) if dt[i] is not None]
-        second = problem.second_order([*outputs, *dz])
+        explicit = [t for t in tensors if isinstance(t, torch.Tensor)]
+        second = problem.second_order([*outputs, *dz, *explicit])
         if second:
             problem.refusecaptured()
         if moving and second:
@@ -238,6 +249,13 @@ class _ImplicitRootFunction(torch.autograd.Function):
             differentiable=second or not problem.captured,
         )
         return tuple(_tree.flatten(s)[0])
+
+
+def _classic_grad(tensor: torch.Tensor) -> bool:
+    """Whether classic autograd tracks ``tensor`` beneath its ``torch.func`` wrappers (unknown
+    counts as tracked)."""
+    plain = physical(tensor)
+    return plain is None or plain.requires_grad
 
 
 def _classic_first_order(tensors: Sequence[Any]) -> bool:
