@@ -24,6 +24,10 @@ Rows (times are medians over interleaved repeats, float64, one thread):
 4. ``torch.compile`` of the user's own function (the ridge hypergradient of row 1 with
    ``solve=fi.CG(maxiter=100)``, which converges here): eager / compiled, and how many new
    graphs dynamo made in the timed calls (0: no recompilation).
+   The same for the iMAML meta-gradient over 16 sine-wave tasks (``vmap(grad)`` of the
+   user's per-task loss around ``implicit_root``, ``CG(maxiter=10)``; ``_imaml.py``).
+   Also the ridge gradient of row 4 by ``torch.func.grad`` instead of ``autograd.grad``,
+   eager, each version's time (the backward solve runs beneath the transform's wrappers).
 5. ``vmap`` over 32 affine contractions (n = 100) with radii 0.1 ... 0.99 by
    ``FixedPointIteration``: vmap time / the slowest problem alone.
 6. host reads (``bool``, ``int``, ``float``, ``item``, ``tolist`` of a tensor: each a
@@ -55,6 +59,7 @@ import funcimplicit as fi
 F64 = torch.float64
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BEFORE = "88e3fe2"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _imaml, next to this file
 
 
 def load_version(rev: str, into: Path) -> types.ModuleType:
@@ -275,6 +280,66 @@ def row_compiled(versions: dict[str, Any], repeats: int) -> list[str]:
     return ["compiled user code, ridge: eager/compiled (≥ 3x)", *cells]
 
 
+def _compiled_ratio(
+    user: Callable[[], Any], compiled: Callable[[], Any], repeats: int
+) -> tuple[float, int, float]:
+    """eager / compiled time, the new graphs dynamo made while timing, and their difference."""
+    from torch._dynamo.utils import counters
+
+    compiled()  # the compile, outside the timing
+    before = int(counters["stats"]["unique_graphs"])
+    t_eager, t_comp = interleaved([user, compiled], repeats)
+    graphs = int(counters["stats"]["unique_graphs"]) - before
+    a, b = compiled(), user()
+    diff = max(float((a[k] - b[k]).abs().max() / b[k].abs().max()) for k in b)
+    return t_eager / t_comp, graphs, diff
+
+
+def row_compiled_imaml(versions: dict[str, Any], repeats: int) -> list[str]:
+    import _imaml
+    import torch._dynamo
+
+    theta = _imaml.init_params(0)
+    tasks = _imaml.sample_tasks(16, 1)
+    cells = []
+    for v in versions.values():
+        solve = v.CG(maxiter=_imaml.CG_STEPS, on_failure="ignore")
+        adapted = v.implicit_root(_imaml.optimality, argnums=1, solve=solve)(
+            lambda init, theta, xs, ys: _imaml.inner_solve(theta, xs, ys)
+        )
+
+        def per_task(theta: Any, xs: Any, ys: Any, xq: Any, yq: Any, a: Any = adapted) -> Any:
+            return torch.func.grad(lambda t: _imaml.meta_loss(a(t, t, xs, ys), xq, yq))(theta)
+
+        def user(f: Any = per_task) -> Any:
+            grads = torch.func.vmap(f, in_dims=(None, 0, 0, 0, 0))(theta, *tasks)
+            return {k: g.mean(0) for k, g in grads.items()}
+
+        torch._dynamo.reset()
+        compiled = torch.compile(user)
+        ratio, graphs, diff = _compiled_ratio(user, compiled, repeats)
+        cells.append(f"{ratio:.2f}x (new graphs in {repeats + 1} calls: {graphs}; diff {diff:.0e})")
+    return ["compiled user code, iMAML 16 tasks vmap(grad): eager/compiled (≥ 3x)", *cells]
+
+
+def row_func_grad(versions: dict[str, Any], repeats: int) -> list[str]:
+    p = Ridge()
+    fns = []
+    for v in versions.values():
+        solver = v.implicit_root(Ridge.optimality, argnums=3, solve=v.CG(maxiter=100))(Ridge.inner)
+
+        def loss(lam: torch.Tensor, s: Any = solver) -> torch.Tensor:
+            theta = s(torch.zeros_like(lam), p.X, p.y, lam)
+            return 0.5 * (p.Xv @ theta - p.yv).pow(2).sum()
+
+        fns.append(lambda f=loss: torch.func.grad(f)(p.lam))
+    times = interleaved(fns, repeats)
+    err = float((fns[-1]() - p.closed_form()).abs().max())
+    cells = [f"{t * 1e3:.2f} ms" for t in times]
+    cells[-1] += f" ({times[0] / times[-1]:.2f}x faster; err {err:.0e})"
+    return ["ridge d=100 by torch.func.grad, CG(maxiter=100), eager fwd+bwd", *cells]
+
+
 # --------------------------------------------------------------------------------------------
 # Row 5: vmap over uneven problems
 
@@ -373,12 +438,14 @@ def main(argv: list[str] | None = None) -> None:
             lambda: row_bare_cg(versions, repeats),
             lambda: row_floor(versions, repeats, "CG"),
             lambda: row_floor(versions, repeats, "GMRES"),
+            lambda: row_func_grad(versions, repeats),
             lambda: row_uneven(versions, repeats),
             lambda: row_syncs(versions),
         ]
         if not args.quick:
             # few repeats: the earlier version recompiles on every call (about a minute each)
             steps.insert(4, lambda: row_compiled(versions, 4))
+            steps.insert(5, lambda: row_compiled_imaml(versions, 3))
         for step in steps:
             rows.append(step())
             print(f"  done: {rows[-1][0]}", file=sys.stderr, flush=True)

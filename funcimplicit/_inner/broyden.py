@@ -85,9 +85,9 @@ class Broyden(InnerMethod):
             # Memory full: restart from H = scale * I. (Overwriting the oldest term
             # instead leaves terms built against an inverse that included it: diverges.)
             us, vs = us * 0, vs * 0
-        slot = torch.eye(m, dtype=x.dtype, device=x.device)[k % m][:, None]
-        us = us * (1 - slot) + slot * u[None, :]
-        vs = vs * (1 - slot) + slot * v[None, :]
+        j = k % m  # the term's row (a write by concatenation: one op, other rows untouched)
+        us = torch.cat((us[:j], u[None, :], us[j + 1 :]))
+        vs = torch.cat((vs[:j], v[None, :], vs[j + 1 :]))
         return x, (t_next, torch.linalg.vector_norm(t_next), us, vs)
 
     def residual_norm(self, problem: InnerProblem, x: Any, state: _Terms) -> torch.Tensor:

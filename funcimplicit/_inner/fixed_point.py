@@ -114,26 +114,38 @@ class Anderson(InnerMethod):
         self, problem: InnerProblem, x: torch.Tensor, state: _History, iteration: int
     ) -> tuple[torch.Tensor, _History]:
         g, _, xs, gs = state
-        k, m = iteration, self.history
+        m = self.history
+        count = min(iteration + 1, m)  # rows in use: the last ``count``
+        # The newest iterate and value replace the oldest rows (the weights do not depend on
+        # the rows' order).
+        xs = torch.cat((xs[1:], x[None, :]))
+        gs = torch.cat((gs[1:], g[None, :]))
+        residuals = gs - xs
         eye = torch.eye(m, dtype=x.dtype, device=x.device)
-        slot = eye[k % m][:, None]
-        xs = xs * (1 - slot) + slot * x[None, :]
-        gs = gs * (1 - slot) + slot * g[None, :]
-        used = torch.arange(m, device=x.device) < min(k + 1, m)
-        residuals = (gs - xs) * used[:, None]
+        if count < m:  # the first steps: unused rows count for nothing, weight 0
+            used = torch.arange(m, device=x.device) >= m - count
+            residuals = residuals * used[:, None]
+            unused_diag = torch.diag((~used).to(x.dtype))
+            ones = used.to(x.dtype)[:, None]
+        else:
+            unused_diag = None
+            ones = torch.ones(m, 1, dtype=x.dtype, device=x.device)
         # min ||R^T a|| s.t. sum(a) = 1  <=>  a = G^{-1} 1 / (1^T G^{-1} 1), G = R R^T
         gram = residuals @ residuals.mT
-        shift = self.regularization * torch.trace(gram) / min(k + 1, m)
-        unused = (~used).to(x.dtype)
-        gram = gram + (shift + torch.finfo(x.dtype).tiny) * eye + torch.diag(unused)
+        shift = self.regularization * torch.trace(gram) / count
+        gram = gram + (shift + torch.finfo(x.dtype).tiny) * eye
+        if unused_diag is not None:
+            gram = gram + unused_diag
         factor, info = torch.linalg.cholesky_ex(gram)
-        ones = used.to(x.dtype)[:, None]
         weights = torch.cholesky_solve(ones, factor)[:, 0]
         total = weights.sum()
         weights = safe_div(weights, total)
         ok = (info == 0) & torch.isfinite(weights).all() & (total != 0)
-        mixed = (1 - self.mixing) * (weights @ xs) + self.mixing * (weights @ gs)
-        plain = x + self.mixing * (g - x)
+        if self.mixing == 1.0:  # undamped: sum a_i g_i, or g itself as the fallback
+            mixed, plain = weights @ gs, g
+        else:
+            mixed = (1 - self.mixing) * (weights @ xs) + self.mixing * (weights @ gs)
+            plain = x + self.mixing * (g - x)
         x = torch.where(ok, mixed, plain)
         g = problem.fixed_point(x)
         return x, (g, torch.linalg.vector_norm(g - x), xs, gs)
