@@ -29,12 +29,18 @@ __all__ = ["COMPACT", "Compactable", "iterate", "progress", "safe_div", "safe_sq
 #: Whether :func:`iterate` may compact a ``vmap`` batch to its active elements (a switch for
 #: comparisons and for debugging: results and per-element counts are the same either way).
 COMPACT = True
-#: Whether the last active element of a compacted batch runs by itself, outside every
-#: transform (plain-eager cost: a ``vmap`` of one element costs about twice the element
-#: alone). Its iterations then round as a solve of that element alone does, which may differ
-#: from the batched loop's rounding in the last bits; ``False`` runs it as a ``vmap`` of two
-#: copies instead, bit-identical to the uncompacted loop.
+#: Whether the last few active elements of a compacted batch (at most :data:`ALONE_AT_MOST`)
+#: run by themselves, one after another, outside every transform (plain-eager cost). Their
+#: iterations then round as a solve of each element alone does, which may differ from the
+#: batched loop's rounding in the last bits; ``False`` keeps them in a fresh ``vmap`` (a last
+#: one as two copies), bit-identical to the uncompacted loop.
 COMPACT_ALONE = True
+#: How few active elements run one by one: on a small problem (n = 100, CPU) an iteration of
+#: a ``vmap`` of a few elements cost about 5x one element's plain iteration (the per-op cost
+#: of batching), so a few elements in turn are cheaper; where compute dominates, elements in
+#: turn cost about what the batch of them does. Measured on the uneven benchmark (32
+#: contractions): 4 (or 8) ran 5% faster than 1.
+ALONE_AT_MOST = 4
 #: Compact once at most this fraction of the batch is still active (and again, within the
 #: compacted batch, each time this fraction is reached there; measured: 0.75 beat 0.5).
 COMPACT_FRACTION = 0.75
@@ -176,7 +182,7 @@ def _loop(
                 break
             if compactable is not None and COMPACT:
                 # run on the active elements until compacting again is worth it
-                rest = compacted(compactable, state, done, maxiter - k, check_every)
+                rest = compacted(compactable, state, done, maxiter - k, check_every, k)
                 if rest is not None:
                     state, more, done, ran = rest
                     iterations = iterations + more
@@ -203,6 +209,7 @@ def compacted(
     done: torch.Tensor,
     maxiter: int,
     check_every: int | None,
+    start: int = 0,
 ) -> tuple[Any, torch.Tensor, torch.Tensor, int] | None:
     """Part of the rest of :func:`iterate`'s loop (``maxiter`` iterations at most), run on
     the elements of the innermost ``vmap`` batch that are not done, until compacting them
@@ -214,11 +221,12 @@ def compacted(
     those rows; its results are scattered into new full tensors (the done rows keep their
     values) and batched again at the original level. Each element goes through the same
     steps as in the full batch, with the same global iteration numbers, so its values and
-    count are those of the uncompacted loop. A last active element runs by itself, outside
-    every transform (:data:`COMPACT_ALONE`): the same steps on plain tensors, whose kernels
-    (matrix-vector instead of batched products) may round differently in the last bits;
-    with ``COMPACT_ALONE = False`` it runs twice in a fresh batch of two instead, bit for bit
-    as the uncompacted loop.
+    count are those of the uncompacted loop. The last few active elements (at most
+    :data:`ALONE_AT_MOST`) run by themselves, one after another, outside every transform
+    (:data:`COMPACT_ALONE`), each from the same iteration number: the same steps on plain
+    tensors, whose kernels (matrix-vector instead of batched products) may round differently
+    in the last bits; with ``COMPACT_ALONE = False`` they stay in a fresh batch (a last one
+    runs twice, in a batch of two), bit for bit as the uncompacted loop.
 
     Refused (``None``): any transform other than ``vmap`` on the stack, ``torch.compile``, a
     state leaf that is not a tensor, a tensor batched at another level or under nested
@@ -253,7 +261,7 @@ def compacted(
 
     try:
         active = torch.nonzero(~plain_done).squeeze(1)
-        alone = active.numel() == 1 and COMPACT_ALONE and compat.can_set_aside()
+        alone = active.numel() <= ALONE_AT_MOST and COMPACT_ALONE and compat.can_set_aside()
         # a last active row not run alone runs twice (see above): only its first copy is kept
         rows_in = active.repeat(2) if active.numel() == 1 and not alone else active
 
@@ -289,15 +297,21 @@ def compacted(
             [pick(arg_leaves[i], rows) for i, (_, rows) in zip(tensor_args, arg_rows, strict=True)],
             plain_done.index_select(0, rows_in),
         )
-        if alone:  # the last active element: its row by itself, outside every transform
+        if alone:  # the last few elements: each row by itself, in turn, outside the transforms
+            runs = []
             with compat.outside_transforms():
-                row = [
-                    [t if d is None else t[0] for t, d in zip(ts, dims, strict=True)]
-                    for ts, dims in ((picked[0], state_dims), (picked[1], arg_dims))
-                ]
-                new_leaves, count, flags = rest(row[0], row[1], picked[2][0])
-            new_leaves = [t.unsqueeze(0) for t in new_leaves]
-            count, flags = count.unsqueeze(0), flags.unsqueeze(0)
+                for i in range(active.numel()):
+                    compactable.resume(start)  # each from the same iteration number
+                    row = [
+                        [t if d is None else t[i] for t, d in zip(ts, dims, strict=True)]
+                        for ts, dims in ((picked[0], state_dims), (picked[1], arg_dims))
+                    ]
+                    runs.append(rest(row[0], row[1], picked[2][i]))
+                new_leaves = [torch.stack(ts) for ts in zip(*(r[0] for r in runs), strict=True)]
+                count = torch.stack([r[1] for r in runs])
+                flags = torch.stack([r[2] for r in runs])
+            compactable.resume(start + max(trips))
+            trips[:] = [max(trips)]
         else:
             new_leaves, count, flags = torch.func.vmap(rest, in_dims=(state_dims, arg_dims, 0))(
                 *picked
