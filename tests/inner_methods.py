@@ -101,7 +101,7 @@ PAIR_IDS = [f"{row.name}-{kind}" for row, kind in PAIRS]
 
 
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
 
 
 def _orthogonal(n: int, seed: int) -> torch.Tensor:

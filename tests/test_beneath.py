@@ -30,7 +30,7 @@ N = 4
 
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     m = torch.randn(N, N, dtype=F64, generator=g)
     a = m @ m.T + N * torch.eye(N, dtype=F64)
     return a, torch.randn(N, dtype=F64, generator=g), torch.randn(N, dtype=F64, generator=g)
@@ -91,7 +91,9 @@ def test_grad_solves_beneath_and_is_exact(name: str, beneath: list[bool]) -> Non
 
 @pytest.mark.parametrize("name", list(SOLVERS))
 def test_vmap_grad_solves_beneath_per_element(name: str, beneath: list[bool]) -> None:
-    bs = torch.randn(5, N, dtype=F64, generator=torch.Generator().manual_seed(1))
+    bs = torch.randn(
+        5, N, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(1)
+    )
     ss = torch.linspace(0.5, 3.0, 5, dtype=F64)
     db, ds = vmap(grad(_loss(SOLVERS[name]), argnums=(0, 1)))(bs, ss)
     assert beneath == [True]
@@ -103,7 +105,9 @@ def test_vmap_grad_solves_beneath_per_element(name: str, beneath: list[bool]) ->
 
 def test_vmap_grad_with_an_unbatched_argument(beneath: list[bool]) -> None:
     """``s`` shared by the batch (``in_dims=None``): passed beneath as one tensor."""
-    bs = torch.randn(3, N, dtype=F64, generator=torch.Generator().manual_seed(2))
+    bs = torch.randn(
+        3, N, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(2)
+    )
     s = torch.tensor(2.0, dtype=F64)
     db = vmap(grad(_loss(SOLVERS["CG"])), in_dims=(0, None))(bs, s)
     assert beneath == [True]
@@ -115,7 +119,9 @@ def test_beneath_equals_the_solve_at_the_levels(
     beneath: list[bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same solver, the same iterations: the same numbers as the wrapped solve."""
-    bs = torch.randn(4, N, dtype=F64, generator=torch.Generator().manual_seed(3))
+    bs = torch.randn(
+        4, N, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(3)
+    )
     ss = torch.linspace(1.0, 2.0, 4, dtype=F64)
     run = lambda: vmap(grad(_loss(fi.CG(maxiter=3, on_failure="ignore"))))(bs, ss)  # noqa: E731
     fast = run()
@@ -146,7 +152,9 @@ def test_closure_over_a_batched_tensor_is_exact(beneath: list[bool]) -> None:
     """``T`` reads ``scale`` from the outer ``vmap`` (a closure). Beneath, the fresh ``vmap``
     runs over the same rows in the same order at the same level (torch numbers levels by
     depth), so the closure reads each task's own ``scale``: exact."""
-    bs = torch.randn(3, N, dtype=F64, generator=torch.Generator().manual_seed(4))
+    bs = torch.randn(
+        3, N, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(4)
+    )
     scales = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
 
     def per_task(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -164,7 +172,9 @@ def test_closure_over_a_batched_tensor_is_exact(beneath: list[bool]) -> None:
 
 
 def test_vmap_that_allows_randomness_is_not_beneath(beneath: list[bool]) -> None:
-    bs = torch.randn(3, N, dtype=F64, generator=torch.Generator().manual_seed(5))
+    bs = torch.randn(
+        3, N, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(5)
+    )
     s = torch.tensor(1.0, dtype=F64)
     db = vmap(grad(_loss(SOLVERS["CG"])), in_dims=(0, None), randomness="different")(bs, s)
     assert beneath == [False]

@@ -42,7 +42,7 @@ def _compaction_on(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
 
 
 def _record(monkeypatch: pytest.MonkeyPatch) -> list[bool]:

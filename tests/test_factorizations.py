@@ -95,7 +95,7 @@ def test_classic_backward_reuses_the_forward_factorization(
 
 def test_transposed_solve_by_stored_lu_factors() -> None:
     # a non-symmetric A: the backward's A^T solve must use the transposed factors
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator(device=torch.get_default_device()).manual_seed(7)
     a0 = torch.randn(N, N, generator=g, dtype=F64) + 4 * torch.eye(N, dtype=F64)
     b0 = rhs(N, seed=8)
     a = a0.clone().requires_grad_(True)

@@ -48,7 +48,7 @@ def normal(name: str, ridge: float = 0.0) -> fi.Normal:
 
 def problem(m: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A well-conditioned ``m x n`` matrix (singular values in [1, 3]) and a right-hand side."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=torch.get_default_device()).manual_seed(seed)
     u, _ = torch.linalg.qr(torch.randn(m, m, dtype=F64, generator=gen))
     v, _ = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=gen))
     k = min(m, n)
