@@ -249,6 +249,14 @@ def test_transforms_are_set_aside_and_restored() -> None:
         assert [k for k, _ in levels] == ["Vmap", "Grad"]
         (_, vmap_level), (_, grad_level) = levels
         with compat.outside_transforms():
+            # torch numbers levels by depth: a fresh vmap here gets the outer one's level
+            # (what lets a callback's closure over the outer vmap's tensors read their rows)
+            seen["fresh"] = (
+                vmap(lambda _: torch.zeros(()) + (compat.vmap_level() or -1))(torch.zeros(2))[
+                    0
+                ].item()
+                == vmap_level
+            )
             seen["v"] = compat.beneath_grad(v, grad_level, vmap_level)
             seen["shared"] = compat.beneath_grad(shared, grad_level, vmap_level)
             seen["other"] = compat.beneath_grad(v, grad_level + 1, vmap_level)
@@ -263,5 +271,6 @@ def test_transforms_are_set_aside_and_restored() -> None:
     torch.testing.assert_close(rows, batch.T)  # the batch dimension first
     assert seen["shared"] == (True, (shared, None))
     assert seen["other"] == (False, None)  # wrapped at another grad level: refused
+    assert seen["fresh"] is True
     grad(lambda v: (seen.update(allowed=compat.can_set_aside()), v.sum())[1])(torch.ones(2))
     assert seen["allowed"] is True  # a grad level may be set aside (by a first-order caller)
