@@ -146,6 +146,17 @@ class Ridge:
         g = self.Xv.T @ (self.Xv @ theta - self.yv)
         return -torch.linalg.solve(a, g) * theta
 
+    def cg_loss(self, v: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``lam -> 0.5 ||Xv theta*(lam) - yv||^2`` by version ``v``'s ``implicit_root`` with
+        ``CG(maxiter=100)`` (which converges here) as the backward solve."""
+        solver = v.implicit_root(Ridge.optimality, argnums=3, solve=v.CG(maxiter=100))(Ridge.inner)
+
+        def loss(lam: torch.Tensor) -> torch.Tensor:
+            theta = solver(torch.zeros_like(lam), self.X, self.y, lam)
+            return 0.5 * (self.Xv @ theta - self.yv).pow(2).sum()
+
+        return loss
+
     def hypergradient(self, solver: Callable[..., torch.Tensor]) -> torch.Tensor:
         lam = self.lam.clone().requires_grad_(True)
         theta = solver(torch.zeros_like(lam), self.X, self.y, lam)
@@ -250,33 +261,23 @@ def row_compiled(versions: dict[str, Any], repeats: int) -> list[str]:
     p = Ridge()
     cells = []
     for v in versions.values():
-        solver = v.implicit_root(Ridge.optimality, argnums=3, solve=v.CG(maxiter=100))(Ridge.inner)
+        loss = p.cg_loss(v)
 
-        def user(lam: torch.Tensor, s: Any = solver) -> torch.Tensor:
-            theta = s(torch.zeros_like(lam), p.X, p.y, lam)
-            loss = 0.5 * (p.Xv @ theta - p.yv).pow(2).sum()
-            (g,) = torch.autograd.grad(loss, lam)
+        def user(lam: torch.Tensor, loss: Any = loss) -> torch.Tensor:
+            (g,) = torch.autograd.grad(loss(lam), lam)
             return g
 
         torch._dynamo.reset()
         compiled = torch.compile(user)
-        frames = [0]
 
-        def eager() -> torch.Tensor:
-            return user(p.lam.clone().requires_grad_(True))
+        def eager(u: Any = user) -> torch.Tensor:
+            return u(p.lam.clone().requires_grad_(True))
 
         def comp(c: Any = compiled) -> torch.Tensor:
             return c(p.lam.clone().requires_grad_(True))
 
-        comp()  # the compile, outside the timing
-        from torch._dynamo.utils import counters
-
-        before = int(counters["stats"]["unique_graphs"])
-        t_eager, t_comp = interleaved([eager, comp], repeats)
-        frames[0] = int(counters["stats"]["unique_graphs"]) - before
-        diff = float((comp() - eager()).abs().max() / eager().abs().max())
-        graphs = f"new graphs in {repeats + 1} calls: {frames[0]}"
-        cells.append(f"{t_eager / t_comp:.2f}x ({graphs}; diff {diff:.0e})")
+        ratio, graphs, diff = _compiled_ratio(eager, comp, repeats)
+        cells.append(f"{ratio:.2f}x (new graphs in {repeats + 1} calls: {graphs}; diff {diff:.0e})")
     return ["compiled user code, ridge: eager/compiled (≥ 3x)", *cells]
 
 
@@ -290,9 +291,13 @@ def _compiled_ratio(
     before = int(counters["stats"]["unique_graphs"])
     t_eager, t_comp = interleaved([user, compiled], repeats)
     graphs = int(counters["stats"]["unique_graphs"]) - before
-    a, b = compiled(), user()
-    diff = max(float((a[k] - b[k]).abs().max() / b[k].abs().max()) for k in b)
+    pairs = zip(_leaves(compiled()), _leaves(user()), strict=True)
+    diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in pairs)
     return t_eager / t_comp, graphs, diff
+
+
+def _leaves(out: Any) -> list[torch.Tensor]:
+    return list(out.values()) if isinstance(out, dict) else [out]
 
 
 def row_compiled_imaml(versions: dict[str, Any], repeats: int) -> list[str]:
@@ -326,12 +331,7 @@ def row_func_grad(versions: dict[str, Any], repeats: int) -> list[str]:
     p = Ridge()
     fns = []
     for v in versions.values():
-        solver = v.implicit_root(Ridge.optimality, argnums=3, solve=v.CG(maxiter=100))(Ridge.inner)
-
-        def loss(lam: torch.Tensor, s: Any = solver) -> torch.Tensor:
-            theta = s(torch.zeros_like(lam), p.X, p.y, lam)
-            return 0.5 * (p.Xv @ theta - p.yv).pow(2).sum()
-
+        loss = p.cg_loss(v)
         fns.append(lambda f=loss: torch.func.grad(f)(p.lam))
     times = interleaved(fns, repeats)
     err = float((fns[-1]() - p.closed_form()).abs().max())

@@ -75,7 +75,7 @@ def test_before_after_runs_against_an_earlier_revision(tmp_path: Path) -> None:
     table = (tmp_path / "before_after.md").read_text().splitlines()
     assert table[0] == "| row (target) | before (HEAD) | after (this checkout) |", report
     rows = table[2:]
-    assert len(rows) == 6, report  # --quick leaves out the compiled row
+    assert len(rows) == 7, report  # --quick leaves out the two compiled rows
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 3, row

@@ -8,8 +8,8 @@ solved alone, and the values with a dense float64 solve. Every test runs twice:
 
 - ``batched-tail`` (``loop.COMPACT_ALONE = False``): a last active element runs as a batch of
   two copies; every field must be bit-identical (``torch.equal``) to the uncompacted solve.
-- ``alone-tail`` (the default): the last few active elements (``loop.ALONE_AT_MOST``) run by
-  themselves, one after another, outside the ``vmap``.
+- ``alone-tail`` (the default): the last active element (the last ``loop.ALONE_AT_MOST``,
+  one after another) runs by itself, outside the ``vmap``.
   Counts and statuses must still be identical; values, residual norms and tolerances agree
   to 1e-12 of their scale only, because a matrix-vector product and a batched matrix product round
   differently in the last bits (the same difference as between a problem solved alone and
@@ -175,11 +175,21 @@ def test_uneven_batch_compacts_and_changes_nothing(
     torch.testing.assert_close(compacted.value, reference, rtol=1e-7, atol=1e-8)
 
 
+@pytest.mark.parametrize("at_most", [1, 4])
 @pytest.mark.parametrize("name", list(CASES))
-def test_last_element_runs_alone_outside_vmap(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``COMPACT_ALONE``, the last few active elements leave the ``vmap`` (the transforms
-    are set aside once per solve, for their tails); without it, never."""
+def test_last_element_runs_alone_outside_vmap(
+    name: str, at_most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``COMPACT_ALONE``, the last active element (or the last ``ALONE_AT_MOST``, in
+    turn) leaves the ``vmap`` (the transforms are set aside once per solve, for the tails);
+    without it, never. Counts and statuses stay those of the uncompacted loop."""
+    monkeypatch.setattr(_loop, "ALONE_AT_MOST", at_most)
     solve, data, _ = CASES[name]()
+    _loop.COMPACT = False
+    try:
+        plain = vmap(solve)(*data)
+    finally:
+        _loop.COMPACT = True
     entered = [0]
     original = _loop.compat.outside_transforms
 
@@ -190,6 +200,7 @@ def test_last_element_runs_alone_outside_vmap(name: str, monkeypatch: pytest.Mon
     monkeypatch.setattr(_loop.compat, "outside_transforms", counted)
     result = vmap(solve)(*data)
     assert entered[0] == (1 if _loop.COMPACT_ALONE else 0), entered
+    _assert_identical(result, plain)
     # the slowest elements, alone at the end, have the counts and statuses of their solves
     # alone (each started from its own iteration number: Anderson's and Broyden's depend on it)
     for last in result.iterations.argsort(descending=True)[: _loop.ALONE_AT_MOST].tolist():

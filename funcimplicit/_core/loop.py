@@ -35,12 +35,13 @@ COMPACT = True
 #: batched loop's rounding in the last bits; ``False`` keeps them in a fresh ``vmap`` (a last
 #: one as two copies), bit-identical to the uncompacted loop.
 COMPACT_ALONE = True
-#: How few active elements run one by one: on a small problem (n = 100, CPU) an iteration of
-#: a ``vmap`` of a few elements cost about 5x one element's plain iteration (the per-op cost
-#: of batching), so a few elements in turn are cheaper; where compute dominates, elements in
-#: turn cost about what the batch of them does. Measured on the uneven benchmark (32
-#: contractions): 4 (or 8) ran 5% faster than 1.
-ALONE_AT_MOST = 4
+#: How few active elements run one by one. 1 by default: a last element alone is never
+#: slower than the batch of two copies it replaces. More is a trade: on a small problem on CPU
+#: an iteration of a ``vmap`` of a few elements cost about 5x one element's plain iteration
+#: (the per-op cost of batching), and 4 in turn ran 5% faster than 1 on the uneven benchmark;
+#: but where a batched evaluation costs about one element's (a GPU, a large network), elements
+#: in turn cost that many times more.
+ALONE_AT_MOST = 1
 #: Compact once at most this fraction of the batch is still active (and again, within the
 #: compacted batch, each time this fraction is reached there; measured: 0.75 beat 0.5).
 COMPACT_FRACTION = 0.75
