@@ -46,7 +46,8 @@ def _optimality(x: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tens
 def _solver(solve: Any) -> Callable[..., torch.Tensor]:
     @fi.implicit_root(_optimality, argnums=(1, 2), solve=solve)
     def inner(init: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve(s * A, b)
+        out: torch.Tensor = torch.linalg.solve(s * A, b)
+        return out
 
     return inner
 
@@ -123,7 +124,11 @@ def test_beneath_equals_the_solve_at_the_levels(
         4, N, dtype=F64, generator=torch.Generator(device=torch.get_default_device()).manual_seed(3)
     )
     ss = torch.linspace(1.0, 2.0, 4, dtype=F64)
-    run = lambda: vmap(grad(_loss(fi.CG(maxiter=3, on_failure="ignore"))))(bs, ss)  # noqa: E731
+
+    def run() -> torch.Tensor:
+        out: torch.Tensor = vmap(grad(_loss(fi.CG(maxiter=3, on_failure="ignore"))))(bs, ss)
+        return out
+
     fast = run()
     monkeypatch.setattr(_root, "solve_beneath", lambda *args: None)
     torch.testing.assert_close(fast, run(), rtol=1e-13, atol=1e-15)
@@ -160,9 +165,11 @@ def test_closure_over_a_batched_tensor_is_exact(beneath: list[bool]) -> None:
     def per_task(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         @fi.implicit_root(lambda x, b: scale * (A @ x) - b, argnums=1, solve=fi.CG(rtol=1e-12))
         def inner(init: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return torch.linalg.solve(scale * A, b)
+            out: torch.Tensor = torch.linalg.solve(scale * A, b)
+            return out
 
-        return grad(lambda b: torch.dot(W, inner(torch.zeros(N, dtype=F64), b)))(b)
+        db: torch.Tensor = grad(lambda b: torch.dot(W, inner(torch.zeros(N, dtype=F64), b)))(b)
+        return db
 
     db = vmap(per_task)(bs, scales)
     assert beneath == [True]
@@ -206,7 +213,7 @@ def test_classic_autograd_over_func_jvp_is_exact() -> None:
     """Forward mode at a ``torch.func`` level, classic autograd beneath: exact second order."""
     s = torch.tensor(1.5, dtype=F64, requires_grad=True)
     loss = _loss(SOLVERS["CG"])
-    _, ds = torch.func.jvp(lambda s: loss(B, s), (s,), (torch.ones((), dtype=F64),))
+    ds = torch.func.jvp(lambda s: loss(B, s), (s,), (torch.ones((), dtype=F64),))[1]
     (dds,) = torch.autograd.grad(ds, s)
     x = torch.linalg.solve(1.5 * A, B)
     torch.testing.assert_close(dds, 2 * torch.dot(W, x) / 1.5**2, rtol=1e-8, atol=1e-10)

@@ -36,7 +36,8 @@ A, B = _data()
 def _implicit_root(solve: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     @fi.implicit_root(lambda x, b, s: s * (A @ x) - b, argnums=(1, 2), solve=solve)
     def inner(init: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve(s * A, b)
+        out: torch.Tensor = torch.linalg.solve(s * A, b)
+        return out
 
     return lambda s: inner(torch.zeros(N, dtype=F64), B, s)
 

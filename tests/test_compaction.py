@@ -27,6 +27,7 @@ import torch
 from torch.func import grad, vmap
 
 import funcimplicit as fi
+from funcimplicit._core import compat as _compat
 from funcimplicit._core import loop as _loop
 
 F64 = torch.float64
@@ -191,13 +192,13 @@ def test_last_element_runs_alone_outside_vmap(
     finally:
         _loop.COMPACT = True
     entered = [0]
-    original = _loop.compat.outside_transforms
+    original = _compat.outside_transforms
 
     def counted() -> Any:
         entered[0] += 1
         return original()
 
-    monkeypatch.setattr(_loop.compat, "outside_transforms", counted)
+    monkeypatch.setattr(_compat, "outside_transforms", counted)
     result = vmap(solve)(*data)
     assert entered[0] == (1 if _loop.COMPACT_ALONE else 0), entered
     _assert_identical(result, plain)
