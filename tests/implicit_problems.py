@@ -340,7 +340,7 @@ def _coupled_matrix(params: dict[str, Any], G: torch.Tensor) -> torch.Tensor:
     # Symmetric positive definite for any G (also when gradcheck perturbs one entry of G).
     # Off-diagonal blocks comparable to the diagonal ones: a solver that ignored the coupling
     # between the leaves a and b would be far off.
-    K0 = G @ G.mT / 5 + 0.5 * torch.eye(G.shape[-1], dtype=G.dtype)
+    K0 = G @ G.mT / 5 + 0.5 * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     return K0 + torch.diag_embed(torch.exp(params["s"]))
 
 

@@ -44,8 +44,8 @@ class Marker:
 NT = collections.namedtuple("NT", ["first", "second"])
 
 
-def _w(k: int) -> torch.Tensor:
-    return torch.tensor([1.0, -0.5, 0.25], dtype=F64) * (0.5 + 0.3 * k)
+def _w(k: int, device: torch.device | None = None) -> torch.Tensor:
+    return torch.tensor([1.0, -0.5, 0.25], dtype=F64, device=device) * (0.5 + 0.3 * k)
 
 
 def _tensor_leaves(args: Any) -> list[torch.Tensor]:
@@ -53,9 +53,14 @@ def _tensor_leaves(args: Any) -> list[torch.Tensor]:
 
 
 def _forcing(args: Any) -> torch.Tensor:
-    s = torch.zeros(3, dtype=F64)
-    for k, leaf in enumerate(_tensor_leaves(args)):
-        s = s + _w(k) * torch.tanh(leaf).sum()
+    # Tensors made on the leaves' device: this runs inside backward passes too, which CUDA
+    # runs on the autograd engine's own thread, where torch.set_default_device (thread-local,
+    # as --device cuda sets it) does not hold.
+    leaves = _tensor_leaves(args)
+    device = leaves[0].device if leaves else None
+    s = torch.zeros(3, dtype=F64, device=device)
+    for k, leaf in enumerate(leaves):
+        s = s + _w(k, device) * torch.tanh(leaf).sum()
     return s
 
 

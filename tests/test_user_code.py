@@ -583,3 +583,46 @@ def test_inner_iterations_record_nothing_through_module_parameters() -> None:
     loose, tight = saved_bytes(1e-2), saved_bytes(1e-12)
     assert tight[1] > 3 * loose[1]  # many more iterations ...
     assert tight[0] == loose[0]  # ... and not one byte more saved for backward
+
+
+class _RecycledNode:
+    """An autograd node's Python wrapper as torch hands it out: made afresh on each access and
+    freed once unreferenced, so the next one may reuse its ``id`` (as on a CUDA machine)."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: dict[str, Any]) -> None:
+        self.inner = inner
+
+    @property
+    def next_functions(self) -> tuple[tuple[_RecycledNode, int], ...]:
+        return tuple((_RecycledNode(child), 0) for child in self.inner["children"])
+
+    @property
+    def variable(self) -> Any:
+        return self.inner.get("variable")
+
+
+class _RecycledTensor:
+    def __init__(self, inner: dict[str, Any]) -> None:
+        self.inner = inner
+
+    @property
+    def grad_fn(self) -> _RecycledNode:
+        return _RecycledNode(self.inner)
+
+
+def test_captured_tensor_found_when_node_wrappers_are_recycled() -> None:
+    """The walk that finds captured tensors (refused for second order) kept only the ids of
+    node wrappers; a freed wrapper's id came back for the next node, which was then taken for
+    an explicit argument's node and skipped: on a CUDA machine every captured tensor of
+    ``test_hessian`` and ``test_double_backward`` was missed, and no refusal came (a second
+    derivative silently without its captured term). Fresh wrappers reproduce it on any
+    machine."""
+    from funcimplicit._rules.root_checks import captured
+
+    w = torch.zeros(3, dtype=F64)
+    explicit: dict[str, Any] = {"children": []}
+    z = {"children": [{"children": [], "variable": w}, explicit]}
+    found = captured([_RecycledTensor(z)], [_RecycledTensor(explicit)])  # type: ignore[list-item]
+    assert found == ["a tensor of shape (3,)"]

@@ -24,7 +24,12 @@ def captured(outputs: Sequence[torch.Tensor], explicit: Sequence[torch.Tensor]) 
     stopping at the explicit tensors. Each ``AccumulateGrad`` node reached otherwise is a
     captured leaf that carries derivatives (a module parameter, a closure, a global).
     """
-    stops = {id(t.grad_fn) for t in explicit if t.grad_fn is not None}
+    # A node's Python object lives only while something refers to it, and a freed object's
+    # id() can be reused by the next one: every node whose id is recorded is kept alive here,
+    # or a fresh node could be taken for a stop or a visited one (and a capture missed; this
+    # happened on a CUDA machine).
+    alive = [t.grad_fn for t in explicit if t.grad_fn is not None]
+    stops = {id(node) for node in alive}
     known = {id(t) for t in explicit}
     found: list[str] = []
     seen: set[int] = set()
@@ -33,6 +38,7 @@ def captured(outputs: Sequence[torch.Tensor], explicit: Sequence[torch.Tensor]) 
         node = stack.pop()
         if node is None or id(node) in seen or id(node) in stops:
             continue
+        alive.append(node)
         seen.add(id(node))
         variable = getattr(node, "variable", None)
         if isinstance(variable, torch.Tensor):
