@@ -264,7 +264,8 @@ class _Counting:
 def fi_backward_iterations(run_once: Callable[[Any], Any], solver: Any) -> str:
     """Iterations of the backward linear solve(s) of ``run_once(counting copy of solver)``."""
     cls = type(f"Counting{type(solver).__name__}", (_Counting, type(solver)), {})
-    counting = cls(**{f.name: getattr(solver, f.name) for f in dataclasses.fields(solver)})
+    fields = [f for f in dataclasses.fields(solver) if f.init]  # (NormalCG derives `inner`)
+    counting = cls(**{f.name: getattr(solver, f.name) for f in fields})
     _Counting.log.clear()
     run_once(counting)
     return "+".join(str(k) for k in _Counting.log) or "-"
