@@ -278,7 +278,7 @@ def compacted(
             for i, leaf in zip(tensor_args, args, strict=True):
                 everything[i] = leaf
             bound = _tree.unflatten(arg_spec, everything)
-            guarded = _guarded(compactable.step_on(bound), compat.vmap_level(), alone)
+            guarded = _guarded(compactable.step_on(bound), compat.vmap_level())
             out, count, flags, ran = _loop(
                 guarded,
                 _tree.unflatten(state_spec, leaves),
@@ -311,14 +311,15 @@ def compacted(
                 new_leaves = [torch.stack(ts) for ts in zip(*(r[0] for r in runs), strict=True)]
                 count = torch.stack([r[1] for r in runs])
                 flags = torch.stack([r[2] for r in runs])
-            compactable.resume(start + max(trips))
-            trips[:] = [max(trips)]
+            ran = max(trips)
+            compactable.resume(start + ran)
         else:
             new_leaves, count, flags = torch.func.vmap(rest, in_dims=(state_dims, arg_dims, 0))(
                 *picked
             )
             kept = active.numel()
             new_leaves, count, flags = [t[:kept] for t in new_leaves], count[:kept], flags[:kept]
+            ran = trips[0]
         outputs = [*new_leaves, count, flags]
         if any(compat.is_transformed(t) for t in outputs):
             return None  # batched outside the fresh vmap: a closure over a batched tensor
@@ -341,12 +342,13 @@ def compacted(
         now_done = compat.rebatch(plain_done.index_copy(0, active, flags), level)
     except Exception:  # a refused structure, or the step failing where the full batch may not
         return None
-    return _tree.unflatten(state_spec, leaves), more, now_done, trips[0]
+    return _tree.unflatten(state_spec, leaves), more, now_done, ran
 
 
-def _guarded(step: Step, level: int | None, alone: bool = False) -> Step:
+def _guarded(step: Step, level: int | None) -> Step:
     """``step``, raising :class:`_Unsound` when one of the results of its first call is
-    batched other than directly at ``level`` (the fresh ``vmap``): it read a tensor batched
+    batched other than directly at ``level`` (the fresh ``vmap``; ``None`` for an element
+    run alone outside the transforms, whose results must be plain): it read a tensor batched
     outside, and the compacted run is abandoned early. (Later calls are not checked: the
     results of the whole run are, when it leaves the fresh ``vmap``.)"""
     first = [True]
@@ -357,7 +359,7 @@ def _guarded(step: Step, level: int | None, alone: bool = False) -> Step:
             for leaf in [*_tree.flatten(new_state)[0], finished]:
                 if not isinstance(leaf, torch.Tensor) or (
                     compat.is_transformed(leaf)
-                    and (alone or level is None or not compat.batched_at(leaf, level))
+                    and (level is None or not compat.batched_at(leaf, level))
                 ):
                     raise _Unsound
             first[0] = False

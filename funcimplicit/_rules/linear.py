@@ -275,8 +275,10 @@ def solve_beneath(
     the wrappers, grad mode on), and a solve whose result comes out wrapped (its operator
     closes over a tensor of the transforms) or that fails otherwise.
     """
+    if level is None:  # attached outside torch.func: nothing to look beneath
+        return None
     levels = compat.transform_levels()
-    if level is None or levels is None or not compat.can_set_aside():
+    if levels is None or not compat.can_set_aside():
         return None
     if levels == [("Grad", level)]:
         vmap_level = None

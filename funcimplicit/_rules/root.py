@@ -186,13 +186,13 @@ class _ImplicitRootFunction(torch.autograd.Function):
                     solver = problem.solve
                     report(adjoint, solver.on_failure, transposed.label, solver.failure_hint)
                 u = adjoint.solution
-        if u is None and not second and not problem.captured:
-            # First order under torch.func.grad (or vmap(grad)): the solve beneath the
-            # transforms' wrappers, at plain cost.
-            check_finite(v, not_finite)
-            u = solve_beneath(transposed, v, (solution, *args), problem.level)
         if u is None:
             check_finite(v, not_finite)
+            if not second and not problem.captured:
+                # First order under torch.func.grad (or vmap(grad)): the solve beneath the
+                # transforms' wrappers, at plain cost.
+                u = solve_beneath(transposed, v, (solution, *args), problem.level)
+        if u is None:
             if second:
                 problem.refusecaptured()
             # With captured tensors, a first-order solve runs directly, not through
