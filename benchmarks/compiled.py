@@ -141,13 +141,18 @@ def fixed_point_row(device: torch.device, repeats: int) -> Row:
 # 2. Ridge hypergradient
 
 
-def ridge_rows(device: torch.device, repeats: int) -> list[Row]:
+def _ridge_data(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``X, y, X_val, y_val, lam`` of the ridge problem (d = 100, n = 200), on ``device``."""
     gen = torch.Generator().manual_seed(1)
     d, n = 100, 200
     x, y = torch.randn(n, d, generator=gen), torch.randn(n, generator=gen)
     xv, yv = torch.randn(n, d, generator=gen), torch.randn(n, generator=gen)
-    x, y, xv, yv = (t.to(device) for t in (x, y, xv, yv))
-    lam = torch.full((d,), 1.0, device=device)
+    lam = torch.full((d,), 1.0)
+    return tuple(t.to(device) for t in (x, y, xv, yv, lam))
+
+
+def ridge_rows(device: torch.device, repeats: int) -> list[Row]:
+    x, y, xv, yv, lam = _ridge_data(device)
     solve = fi.CG(maxiter=20, on_failure="ignore")
 
     def stationarity(w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> Any:
@@ -278,12 +283,7 @@ def user_code_row(
 
 
 def user_code_rows(device: torch.device, repeats: int, n_tasks: int = 16) -> list[Row]:
-    gen = torch.Generator().manual_seed(1)
-    d, n = 100, 200
-    x, y = torch.randn(n, d, generator=gen), torch.randn(n, generator=gen)
-    xv, yv = torch.randn(n, d, generator=gen), torch.randn(n, generator=gen)
-    x, y, xv, yv = (t.to(device) for t in (x, y, xv, yv))
-    lam = torch.full((d,), 1.0, device=device)
+    x, y, xv, yv, lam = _ridge_data(device)
 
     def stationarity(w: torch.Tensor, lam: torch.Tensor, x: torch.Tensor, y: Any) -> Any:
         return x.T @ (x @ w - y) + lam * w
